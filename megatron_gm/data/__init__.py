@@ -1,0 +1,1 @@
+"""Data: jsonl input, tokenizers, Megatron indexed datasets and their sidecar metadata."""

@@ -1,0 +1,1 @@
+"""Oracle: measured per-step influence of candidate documents on the reference loss."""

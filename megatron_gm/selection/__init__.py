@@ -1,0 +1,1 @@
+"""Selection: scoring the pool, clustering, greedy group selection, and the selection artifact."""

@@ -1,0 +1,58 @@
+"""The selection artifact: what ``--gm-selection`` reads.
+
+A folder holding ``documents.npy`` (sorted, unique int64 document indices into the indexed dataset
+whose fingerprint the manifest names) and ``manifest.json`` (kind ``selection``: stage, checkpoint
+iteration, dataset fingerprint, seed, and a config with method, ratio, number of clusters and the
+influence-model hash). ``documents.npy`` is written first, the manifest last, so a folder with a
+manifest is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from megatron_gm.errors import GMError
+from megatron_gm.manifest import Manifest, atomic_write_bytes
+
+
+def save_selection(folder: str | os.PathLike, documents: np.ndarray, manifest: Manifest) -> Path:
+    folder = Path(folder)
+    docs = np.asarray(documents, dtype=np.int64)
+    if docs.ndim != 1 or docs.size == 0:
+        raise GMError(f"{folder}: a selection needs a non-empty 1-D list of document indices")
+    if np.any(docs[1:] <= docs[:-1]):
+        raise GMError(f"{folder}: selection document indices must be sorted and unique")
+    if manifest.kind != "selection":
+        raise GMError(f"{folder}: manifest kind must be 'selection', got {manifest.kind!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, docs)
+    atomic_write_bytes(folder / "documents.npy", buf.getvalue())
+    manifest.save(folder / "manifest.json")
+    return folder
+
+
+def load_selection(
+    folder: str | os.PathLike, *, dataset_fingerprint: str | None = None, num_docs: int | None = None
+) -> tuple[np.ndarray, Manifest]:
+    """Load and validate a selection; refuse one made for another dataset (``dataset_fingerprint``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GMError(f"{folder}: selection not found; pass the folder written by tools/select_data.py")
+    manifest = Manifest.load(folder / "manifest.json")
+    if manifest.kind != "selection":
+        raise GMError(f"{folder}: is a {manifest.kind!r} artifact, not a selection")
+    manifest.check(path=folder, dataset_fingerprint=dataset_fingerprint)
+    try:
+        docs = np.load(folder / "documents.npy", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise GMError(f"{folder}/documents.npy: unreadable ({e}); regenerate the selection") from e
+    if docs.ndim != 1 or docs.dtype != np.int64 or docs.size == 0 or np.any(docs[1:] <= docs[:-1]):
+        raise GMError(f"{folder}/documents.npy: not a sorted, non-empty int64 index list; regenerate it")
+    if num_docs is not None and (docs[0] < 0 or docs[-1] >= num_docs):
+        raise GMError(f"{folder}: document index out of range for a dataset of {num_docs} documents")
+    return docs, manifest
