@@ -1,0 +1,71 @@
+"""The selection methods, all with the same budget.
+
+Every method first needs the clusters: the budget of a run is ``sum_c floor(ratio * |C_c|)`` documents.
+
+- ``group`` (Group-MATES, the default): in each cluster, the greedy relational pick (greedy.py).
+- ``quota`` (control, not in the paper): in each cluster, the ``floor(ratio * |C|)`` lowest s.
+- ``individual`` (MATES): over the whole pool, Gumbel-top-k on -s / temperature, k = the budget.
+  Temperature 0 is plain top-k (lowest s). MATES' own script sorts ``s / T + Gumbel`` ascending, which
+  is a reversed-Gumbel perturbation; we use the proper Gumbel-top-k, which samples without replacement
+  with probabilities proportional to exp(-s / T).
+- ``random``: over the whole pool, a uniform sample of the budget's size without replacement.
+
+``individual`` and ``random`` are global, as in MATES; they match ``group``'s total count exactly, not its
+per-cluster counts. Ties go to the lowest document index everywhere.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+
+from megatron_gm.errors import GMError
+from megatron_gm.selection.greedy import greedy_group_select
+
+METHODS = ("group", "individual", "quota", "random")
+PER_CLUSTER = ("group", "quota")
+
+# Independent random streams derived from the user's seed.
+STREAM_KMEANS, STREAM_INDIVIDUAL, STREAM_RANDOM = 1, 2, 3
+
+
+def rng_for(seed: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), stream])
+
+
+def exact_ratio(ratio: float) -> Fraction:
+    """The ratio as the decimal the user typed: floor(0.29 * 100) is 29, not 28."""
+    return Fraction(repr(float(ratio)))
+
+
+def cluster_quotas(sizes: np.ndarray, ratio: float) -> np.ndarray:
+    r = exact_ratio(ratio)
+    return np.asarray([int(r * int(n)) for n in sizes], dtype=np.int64)
+
+
+def select_in_cluster(
+    method: str, h: np.ndarray, s: np.ndarray, alpha: float, tau: float, quota: int
+) -> np.ndarray:
+    """Positions within one cluster, in choice order (``group``) or ascending s (``quota``)."""
+    if method == "group":
+        return greedy_group_select(h, s, alpha, tau, quota)
+    if method == "quota":
+        return np.argsort(s, kind="stable")[:quota].astype(np.int64)
+    raise ValueError(f"{method!r} is not a per-cluster method")
+
+
+def select_individual(s: np.ndarray, k: int, temperature: float, seed: int) -> np.ndarray:
+    """Gumbel-top-k over -s / temperature: ``k`` positions, best key first."""
+    if temperature < 0:
+        raise GMError(f"--gm-select-temperature must be >= 0, got {temperature}")
+    s = s.astype(np.float64)
+    if temperature == 0:
+        keys = -s
+    else:
+        keys = -s / temperature + rng_for(seed, STREAM_INDIVIDUAL).gumbel(size=s.shape[0])
+    return np.argsort(-keys, kind="stable")[:k].astype(np.int64)
+
+
+def select_random(n: int, k: int, seed: int) -> np.ndarray:
+    return rng_for(seed, STREAM_RANDOM).choice(n, size=k, replace=False).astype(np.int64)

@@ -1,0 +1,65 @@
+"""Step 1 of selection: embed and score the pool with the influence model, shard by shard.
+
+Each pending shard is decoded from the indexed dataset (``document_texts``), scored (``score_texts``)
+and written with its completion marker; a rerun after a kill scores only the shards without a marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from megatron_gm.errors import GMError
+from megatron_gm.selection.scores import shard_range
+from megatron_gm.shards import ShardSet
+
+# Files of a saved influence model that identify it (metrics.json is informational only).
+_SKIP = {"metrics.json"}
+
+
+def influence_model_hash(folder: str | os.PathLike) -> str:
+    """sha256 (16 hex) over every file of a saved influence model folder except metrics.json."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GMError(f"{folder}: influence model not found; pass --gm-influence-model the model folder")
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file() and q.name not in _SKIP):
+        h.update(str(p.relative_to(folder)).encode() + b"\0")
+        with open(p, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def score_shards(
+    shards: ShardSet,
+    todo: list[int],
+    *,
+    model,
+    data_path: str,
+    num_docs: int,
+    shard_size: int,
+    batch_size: int,
+    on_shard: Callable[[int], None] | None = None,
+) -> int:
+    """Score the listed shards; return the number of documents scored."""
+    from megatron_gm.influence import document_texts, score_texts
+
+    done = 0
+    for i in todo:
+        lo, hi = shard_range(i, num_docs, shard_size)
+        docs = np.arange(lo, hi, dtype=np.int64)
+        h, s = score_texts(model, document_texts(data_path, docs), batch_size)
+        h = np.ascontiguousarray(h, dtype=np.float32)
+        s = np.ascontiguousarray(s, dtype=np.float32)
+        if not (np.isfinite(h).all() and np.isfinite(s).all()):
+            raise GMError(f"{shards.path(i)}: the influence model gave non-finite scores; check the model")
+        shards.write(i, documents=docs, h=h, s=s)
+        done += hi - lo
+        if on_shard is not None:
+            on_shard(hi - lo)
+    return done
