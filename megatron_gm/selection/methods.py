@@ -69,3 +69,38 @@ def select_individual(s: np.ndarray, k: int, temperature: float, seed: int) -> n
 
 def select_random(n: int, k: int, seed: int) -> np.ndarray:
     return rng_for(seed, STREAM_RANDOM).choice(n, size=k, replace=False).astype(np.int64)
+
+
+def select_documents(
+    method: str,
+    labels: np.ndarray,
+    h: np.ndarray | None,
+    s: np.ndarray,
+    *,
+    num_clusters: int,
+    ratio: float,
+    alpha: float = 1.0,
+    tau: float = 1.0,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """All methods in one process: sorted document indices (positions in ``s``) for given cluster labels.
+
+    The distributed run (pipeline.py) gives the same result; this is its reference and a library entry.
+    """
+    if method not in METHODS:
+        raise GMError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")
+    sizes = np.bincount(labels, minlength=num_clusters)
+    quotas = cluster_quotas(sizes, ratio)
+    if method == "random":
+        return np.sort(select_random(s.shape[0], int(quotas.sum()), seed))
+    if method == "individual":
+        return np.sort(select_individual(s, int(quotas.sum()), temperature, seed))
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(num_clusters + 1))
+    out = [np.zeros(0, dtype=np.int64)]
+    for c in range(num_clusters):
+        rows = order[bounds[c] : bounds[c + 1]]
+        hc = h[rows] if method == "group" else None
+        out.append(rows[select_in_cluster(method, hc, s[rows], alpha, tau, int(quotas[c]))])
+    return np.sort(np.concatenate(out))
