@@ -119,8 +119,10 @@ class RelationHeads(nn.Module):
     def __init__(self, hidden_size: int, relation: bool = True):
         super().__init__()
         self.head = nn.Linear(hidden_size, 1)
-        self.alpha = nn.Parameter(torch.tensor(1.0))
-        self.tau = nn.Parameter(torch.tensor(1.0))
+        self.alpha = nn.Parameter(
+            torch.ones(1)
+        )  # shape [1]: DeepSpeed cannot broadcast 0-d tensors
+        self.tau = nn.Parameter(torch.ones(1))
         self.relation = relation
 
     def individual(self, h: torch.Tensor) -> torch.Tensor:
