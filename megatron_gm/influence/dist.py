@@ -43,7 +43,7 @@ def init_distributed() -> tuple[int, int]:
         dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=mpi
     )
     if not on_cpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()
 
 

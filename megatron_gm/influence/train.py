@@ -645,8 +645,10 @@ def summary(result: dict) -> str:
     secs = list(m["epoch_seconds"].values())
     lines = [
         f"trajectories: {result['train_trajectories']} train, {result['val_trajectories']} validation, T={result['T']}",
-        f"model ({m['mode']}, relation on): val spearman {b['spearman']:.4f}  val mse {b['mse']:.4f}  "
-        f"alpha {b['alpha']:.4f}  tau {b['tau']:.4f}  (best at step {b['step']} of {m['steps']})",
+        (
+            f"model ({m['mode']}, relation on): val spearman {b['spearman']:.4f}  val mse {b['mse']:.4f}  "
+            f"alpha {b['alpha']:.4f}  tau {b['tau']:.4f}  (best at step {b['step']} of {m['steps']})"
+        ),
     ]
     if secs:
         per_epoch = sum(secs) / max(1, m["steps"]) * m["steps_per_epoch"]
