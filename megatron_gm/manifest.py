@@ -42,7 +42,7 @@ class Manifest:
         return sha256_text(json.dumps(d, sort_keys=True))[:16]
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Manifest":
+    def load(cls, path: str | os.PathLike) -> Manifest:
         path = Path(path)
         if not path.exists():
             raise GMError(f"{path}: manifest not found; the artifact is incomplete or the path is wrong")
@@ -53,7 +53,7 @@ class Manifest:
         except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
             raise GMError(f"{path}: corrupt manifest ({e}); regenerate the artifact") from e
 
-    def check(self, *, path: str | os.PathLike = "", **expected: Any) -> "Manifest":
+    def check(self, *, path: str | os.PathLike = "", **expected: Any) -> Manifest:
         """Raise ManifestMismatch unless every given field (or config key) has the expected value.
 
         ``expected`` keys are manifest fields; ``config__name=value`` checks ``config['name']``.

@@ -52,7 +52,7 @@ def load_dataset_info(prefix: str | os.PathLike) -> DatasetInfo:
         if Path(f"{prefix}.idx").exists():
             raise GMError(
                 f"{path}: missing; this dataset was not written by tools/preprocess_data.py "
-                "(rerun it, or write the sidecar with tools/preprocess_data.py --fingerprint-only)"
+                "(rerun it, or write the sidecar with tools/register_dataset.py)"
             )
         raise GMError(f"{prefix}.idx: dataset not found; check --data-path (a prefix without .bin/.idx)")
     try:
@@ -97,8 +97,13 @@ def finish_indexed_dataset(tmp, prefix, n_docs, n_tok, tokenizer, source, ids) -
     os.replace(f"{tmp}.idx", f"{prefix}.idx")
     ids = list(ids) if ids is not None else [str(i) for i in range(n_docs)]
     info = DatasetInfo(
-        prefix=str(prefix), fingerprint=compute_fingerprint(prefix), num_docs=n_docs, num_tokens=n_tok,
-        tokenizer=tokenizer, source=str(source), ids=ids,
+        prefix=str(prefix),
+        fingerprint=compute_fingerprint(prefix),
+        num_docs=n_docs,
+        num_tokens=n_tok,
+        tokenizer=tokenizer,
+        source=str(source),
+        ids=ids,
     )
     info.save()
     return info

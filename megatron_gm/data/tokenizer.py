@@ -40,7 +40,9 @@ def tokenizer_args(tokenizer_type: str, tokenizer_model: str | None = None, voca
 def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, vocab_size: int | None = None):
     """Megatron's tokenizer for ``--tokenizer-type``/``--tokenizer-model`` (and ``--vocab-size`` for Null)."""
     if tokenizer_type not in TOKENIZER_TYPES:
-        raise GMError(f"--tokenizer-type {tokenizer_type!r} is not supported; use one of {', '.join(TOKENIZER_TYPES)}")
+        raise GMError(
+            f"--tokenizer-type {tokenizer_type!r} is not supported; use one of {', '.join(TOKENIZER_TYPES)}"
+        )
     if tokenizer_type == "NullTokenizer":
         if not vocab_size:
             raise GMError("--tokenizer-type NullTokenizer needs --vocab-size")
@@ -58,5 +60,8 @@ def tokenizer_spec(tokenizer_type: str, tokenizer_model: str | None, vocab_size:
     """What identifies a tokenizer in manifests: type, model file hash, vocab size."""
     from megatron_gm.manifest import sha256_file
 
-    model_hash = sha256_file(tokenizer_model)[:16] if tokenizer_model and os.path.exists(tokenizer_model) else None
-    return {"type": tokenizer_type, "model_sha256": model_hash, "vocab_size": vocab_size}
+    model_hash = (
+        sha256_file(tokenizer_model)[:16] if tokenizer_model and os.path.exists(tokenizer_model) else None
+    )
+    model_path = os.path.abspath(tokenizer_model) if tokenizer_model else None
+    return {"type": tokenizer_type, "model": model_path, "model_sha256": model_hash, "vocab_size": vocab_size}

@@ -1,0 +1,85 @@
+"""Train a SentencePiece tokenizer on jsonl(.gz) documents (``tools/train_tokenizer.py``).
+
+Settings give exact round trips on arbitrary text (byte fallback, identity normalisation, whitespace
+kept) and deterministic models for a given input and seed (one training thread, seeded sampler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+
+from megatron_gm.data.jsonl import iter_texts
+from megatron_gm.errors import GMError, cli_main
+from megatron_gm.manifest import atomic_write_bytes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--input", required=True, help="jsonl or jsonl.gz file")
+    p.add_argument("--json-keys", nargs="+", default=["text"], help="keys whose text is used")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    p.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    p.add_argument("--max-docs", type=int, default=None, help="use only the first N documents")
+    p.add_argument("--character-coverage", type=float, default=0.9995)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.model")
+    return p
+
+
+def _lines(path, keys, max_docs):
+    for key in keys:
+        for text in iter_texts(path, key, max_docs):
+            for line in text.split("\n"):
+                if line.strip():
+                    yield line
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    import sentencepiece as spm
+
+    args = build_parser().parse_args(argv)
+    if args.vocab_size < 300:
+        raise GMError(f"--vocab-size {args.vocab_size} is too small: byte fallback alone needs 256+ pieces")
+    prefix = Path(args.model_prefix)
+    out = Path(f"{prefix}.model")
+    if out.exists() and not args.overwrite:
+        raise GMError(f"{out}: exists; pass --overwrite to replace it or choose another --model-prefix")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    lines = list(_lines(args.input, args.json_keys, args.max_docs))
+    if not lines:
+        raise GMError(f"{args.input}: no text under --json-keys {' '.join(args.json_keys)}; check the keys")
+    start = time.time()
+    model = io.BytesIO()
+    spm.set_random_generator_seed(args.seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            vocab_size=args.vocab_size,
+            model_type=args.model_type,
+            character_coverage=args.character_coverage,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            max_sentence_length=1 << 16,
+            input_sentence_size=2_000_000,
+            shuffle_input_sentence=True,
+            num_threads=1,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise GMError(f"{args.input}: sentencepiece training failed: {str(e).splitlines()[0]}") from e
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size()))
+    atomic_write_bytes(f"{prefix}.vocab", vocab.encode())
+    atomic_write_bytes(out, model.getvalue())  # last: its presence means the tokenizer is complete
+    print(
+        f"wrote {out} ({args.model_type}, vocab {args.vocab_size}, {len(lines)} lines, {time.time() - start:.1f}s)"
+    )
+    return 0
