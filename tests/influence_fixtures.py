@@ -21,13 +21,11 @@ def tiny_encoder(
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
-        str(i) for i in range(NULL_VOCAB)
-    ]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [str(i) for i in range(NULL_VOCAB)]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(
-        vocab_file=str(folder / "vocab.txt"), model_max_length=max_len
-    ).save_pretrained(str(folder))
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=max_len).save_pretrained(
+        str(folder)
+    )
     cfg = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -40,15 +38,11 @@ def tiny_encoder(
         initializer_range=1.0,
     )
     torch.manual_seed(seed)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(
-        str(folder), safe_serialization=True
-    )
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(str(folder), safe_serialization=True)
     return folder
 
 
-def token_pool(
-    prefix: Path, n_docs: int, *, seed: int = 0, min_len: int = 5, max_len: int = 90
-):
+def token_pool(prefix: Path, n_docs: int, *, seed: int = 0, min_len: int = 5, max_len: int = 90):
     """A NullTokenizer pool of ``n_docs`` documents; topics make some documents alike."""
     rng = np.random.default_rng(seed)
     topics = [rng.choice(NULL_VOCAB, size=8, replace=False) for _ in range(6)]
@@ -57,11 +51,7 @@ def token_pool(
         topic = topics[rng.integers(len(topics))]
         n = int(rng.integers(min_len, max_len))
         mix = rng.random(n) < 0.8
-        docs.append(
-            np.where(
-                mix, rng.choice(topic, size=n), rng.integers(0, NULL_VOCAB, size=n)
-            )
-        )
+        docs.append(np.where(mix, rng.choice(topic, size=n), rng.integers(0, NULL_VOCAB, size=n)))
     spec = {
         "type": "NullTokenizer",
         "model": None,

@@ -33,20 +33,14 @@ class TrajectoryData:
         return {f"oracle_{i}": m.digest() for i, m in enumerate(self.manifests)}
 
 
-def load_stores(
-    folders: list[str], dataset_fingerprint: str, num_docs: int | None = None
-) -> TrajectoryData:
+def load_stores(folders: list[str], dataset_fingerprint: str, num_docs: int | None = None) -> TrajectoryData:
     """Load and concatenate oracle stores made for this dataset, from the same checkpoint, with the same T."""
     if not folders:
-        raise GMError(
-            "no oracle store given; pass --oracle DIR (several for several rounds)"
-        )
+        raise GMError("no oracle store given; pass --oracle DIR (several for several rounds)")
     parts = []
     for f in folders:
         if not os.path.isdir(f):
-            raise GMError(
-                f"{f}: oracle store not found; run tools/collect_oracle.py first or fix --oracle"
-            )
+            raise GMError(f"{f}: oracle store not found; run tools/collect_oracle.py first or fix --oracle")
         parts.append(load_oracle(f, dataset_fingerprint=dataset_fingerprint))
     first = parts[0]
     for f, p in zip(folders[1:], parts[1:], strict=True):
@@ -63,9 +57,7 @@ def load_stores(
                 )
     docs = np.concatenate([p.documents for p in parts]).astype(np.int64)
     labels = np.concatenate([p.labels for p in parts]).astype(np.float32)
-    store = np.concatenate(
-        [np.full(len(p), i, dtype=np.int64) for i, p in enumerate(parts)]
-    )
+    store = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(parts)])
     if len(docs) == 0:
         raise GMError(f"{', '.join(folders)}: the oracle stores hold no trajectories")
     if num_docs is not None and (docs.min() < 0 or docs.max() >= num_docs):
@@ -73,9 +65,7 @@ def load_stores(
             f"{folders[int(store[np.argmax((docs < 0) | (docs >= num_docs)) // docs.shape[1]])]}: document index "
             f"out of range for a dataset of {num_docs} documents; the store belongs to another dataset"
         )
-    return TrajectoryData(
-        docs, labels, store, [p.manifest for p in parts], [str(f) for f in folders]
-    )
+    return TrajectoryData(docs, labels, store, [p.manifest for p in parts], [str(f) for f in folders])
 
 
 def default_val_count(n: int) -> int:

@@ -35,13 +35,9 @@ def init_distributed() -> tuple[int, int]:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     mpi = "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ
     if not dist.is_initialized() and "RANK" not in os.environ and not mpi:
-        os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1"
-        )
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    deepspeed.init_distributed(
-        dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=mpi
-    )
+    deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=mpi)
     if not on_cpu:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()

@@ -13,8 +13,10 @@ values may differ in the last bits.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,9 +30,7 @@ if TYPE_CHECKING:
 BUCKET = 64  # chunk lengths are padded up to a multiple of this in scoring
 
 
-def chunk_token_ids(
-    tokenizer, texts: Sequence[str], chunk_len: int, max_chunks: int = 0
-):
+def chunk_token_ids(tokenizer, texts: Sequence[str], chunk_len: int, max_chunks: int = 0):
     """Split each text into chunks of at most ``chunk_len`` tokens, each as [CLS] body [SEP].
 
     Returns (chunks, owner): the token ids of each chunk and the index of its text. An empty text is one
@@ -45,9 +45,7 @@ def chunk_token_ids(
         raise GMError(
             "the encoder's tokenizer has no [CLS]/[SEP] (or BOS/EOS) token; use a BERT-like encoder"
         )
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)[
-        "input_ids"
-    ]
+    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
     chunks: list[list[int]] = []
     owner: list[int] = []
     for i, ids in enumerate(encoded):
@@ -60,9 +58,7 @@ def chunk_token_ids(
     return chunks, owner
 
 
-def pad_chunks(
-    chunks: list[list[int]], pad_id: int, rows: int, device, length: int | None = None
-):
+def pad_chunks(chunks: list[list[int]], pad_id: int, rows: int, device, length: int | None = None):
     """Pad chunks to [rows, length] (length = longest chunk by default); extra rows are dummy chunks."""
     length = length or max(len(c) for c in chunks)
     ids = torch.full((rows, length), pad_id, dtype=torch.long)
@@ -98,9 +94,7 @@ def embed_texts(
         members = buckets[length]
         for st in range(0, len(members), batch_size):
             part = members[st : st + batch_size]
-            ids, mask = pad_chunks(
-                [chunks[k] for k in part], pad_id, batch_size, model.device, length
-            )
+            ids, mask = pad_chunks([chunks[k] for k in part], pad_id, batch_size, model.device, length)
             out = model.cls_vectors(ids, mask)[: len(part)]
             vecs[part] = out.float().cpu().numpy()
             if progress is not None:
@@ -144,9 +138,7 @@ def _dataset_and_tokenizer(prefix: str):
     spec = info.tokenizer or {}
     ttype, tmodel = spec.get("type"), spec.get("model")
     if not ttype:
-        raise GMError(
-            f"{prefix}.gm.json: no tokenizer type recorded; rerun tools/preprocess_data.py"
-        )
+        raise GMError(f"{prefix}.gm.json: no tokenizer type recorded; rerun tools/preprocess_data.py")
     if ttype != "NullTokenizer":
         if not tmodel or not os.path.exists(tmodel):
             raise GMError(
@@ -179,3 +171,66 @@ def dataset_fingerprint(data_prefix: str | os.PathLike) -> str:
     from megatron_gm.data.indexed import load_dataset_info
 
     return load_dataset_info(data_prefix).fingerprint
+
+
+def cached_embeddings(
+    encoder_id: str,
+    model: InfluenceModel,
+    data_path: str,
+    docs: np.ndarray,
+    folder: Path,
+    batch_size: int,
+    fingerprint: str,
+    progress: bool,
+    per_shard: int = 1024,
+) -> np.ndarray:
+    """h of ``docs`` (document indices) with ``model``'s encoder, cached in resumable shards split by rank.
+
+    The cache folder name is the digest of what the vectors depend on (encoder hash ``encoder_id``, chunking,
+    batch size, the document list, the dataset), so a changed input never reuses stale vectors. A killed run
+    keeps its finished shards. With torch.distributed initialised, rank r embeds shards r, r+world, ...
+    and every rank returns the full array.
+    """
+    import math
+
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from megatron_gm.manifest import Manifest
+    from megatron_gm.shards import ShardSet
+
+    docs = np.asarray(docs, dtype=np.int64)
+    n_shards = max(1, math.ceil(len(docs) / per_shard))
+    config = {
+        "encoder_sha256": encoder_id,
+        "chunk_len": model.chunk_len,
+        "max_chunks": model.config.max_chunks,
+        "batch_size": batch_size,
+        "docs": hashlib.sha256(docs.tobytes()).hexdigest()[:16],
+        "num_docs": len(docs),
+        "num_shards": n_shards,
+    }
+    manifest = Manifest("embedding_cache", fingerprint, config=config)
+    shards = ShardSet(Path(folder) / f"embeddings-{manifest.digest()}", n_shards)
+    on = dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+    if rank == 0:
+        shards.open(manifest)
+    if on:
+        dist.barrier()
+    pending = shards.pending(rank, world)
+    todo = sum(len(docs[i * per_shard : (i + 1) * per_shard]) for i in pending)
+    bar = tqdm(total=todo, desc="embed documents", unit="doc", disable=not progress or not pending)
+    for i in pending:
+        part = docs[i * per_shard : (i + 1) * per_shard]
+        h = embed_texts(model, document_texts(data_path, part), batch_size)
+        shards.write(i, h=h, docs=part)
+        bar.update(len(part))
+    bar.close()
+    if on:
+        dist.barrier()
+    parts = shards.read_all()
+    out = np.concatenate([p["h"] for p in parts])
+    if not np.array_equal(np.concatenate([p["docs"] for p in parts]), docs):
+        raise GMError(f"{shards.folder}: cached embeddings do not match the documents; delete the folder")
+    return out

@@ -48,9 +48,7 @@ def save_influence_model(
     from safetensors.torch import save_file
 
     if manifest.kind != KIND:
-        raise GMError(
-            f"{folder}: influence model manifest must have kind {KIND!r}, got {manifest.kind!r}"
-        )
+        raise GMError(f"{folder}: influence model manifest must have kind {KIND!r}, got {manifest.kind!r}")
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     if tmp.exists():
@@ -80,13 +78,9 @@ def save_influence_model(
         "label_mean": float(label_mean),
         "label_std": float(label_std),
     }
-    atomic_write_text(
-        tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n"
-    )
+    atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     if metrics is not None:
-        atomic_write_text(
-            tmp / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n"
-        )
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     manifest.save(tmp / "manifest.json")
     old = folder.with_name(f".{folder.name}.old{os.getpid()}")
     if folder.exists():
@@ -130,9 +124,7 @@ def load_influence_model(
         )
     manifest = Manifest.load(folder / "manifest.json")
     if manifest.kind != KIND:
-        raise GMError(
-            f"{folder}: is a {manifest.kind!r} artifact, not an influence model"
-        )
+        raise GMError(f"{folder}: is a {manifest.kind!r} artifact, not an influence model")
     manifest.check(path=folder, dataset_fingerprint=dataset_fingerprint)
     cfg = read_model_config(folder)
     mcfg = ModelConfig(**cfg["model"])
@@ -151,9 +143,7 @@ def load_influence_model(
     try:
         tensors = load_file(str(folder / "heads.safetensors"))
     except (FileNotFoundError, SafetensorError) as e:
-        raise GMError(
-            f"{folder}/heads.safetensors: unreadable ({e}); retrain the influence model"
-        ) from e
+        raise GMError(f"{folder}/heads.safetensors: unreadable ({e}); retrain the influence model") from e
     with torch.no_grad():
         model.heads.head.weight.copy_(tensors["head.weight"])
         model.heads.head.bias.copy_(tensors["head.bias"])

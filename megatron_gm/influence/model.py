@@ -52,9 +52,7 @@ def encoder_hash(path: str | os.PathLike) -> str:
     """sha256 (16 hex) over the encoder's config and weight files: identifies a frozen encoder."""
     p = check_encoder_path(path)
     files = ["config.json"] + sorted(
-        f.name
-        for f in p.iterdir()
-        if f.suffix in (".safetensors", ".bin") and f.is_file()
+        f.name for f in p.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file()
     )
     h = hashlib.sha256()
     for name in files:
@@ -68,17 +66,13 @@ def encoder_hash(path: str | os.PathLike) -> str:
 @dataclasses.dataclass
 class ModelConfig:
     encoder_path: str = ""  # "" = the bundled MiniLM
-    chunk_len: int = (
-        0  # tokens per chunk incl. [CLS]/[SEP]; 0 = the encoder's maximum length
-    )
+    chunk_len: int = 0  # tokens per chunk incl. [CLS]/[SEP]; 0 = the encoder's maximum length
     max_chunks: int = 0  # chunks per document at most (0 = all)
     relation: bool = True  # False = individual influence only (the MATES ablation)
 
     def validate(self) -> ModelConfig:
         if self.chunk_len < 0 or self.chunk_len in (1, 2):
-            raise GMError(
-                f"chunk_len must be 0 (encoder maximum) or > 2, got {self.chunk_len}"
-            )
+            raise GMError(f"chunk_len must be 0 (encoder maximum) or > 2, got {self.chunk_len}")
         if self.max_chunks < 0:
             raise GMError(f"max_chunks must be >= 0, got {self.max_chunks}")
         return self
@@ -97,16 +91,12 @@ def group_prediction(
     one batch never see each other.
     """
     if h.dim() != 3 or s.shape != h.shape[:2]:
-        raise ValueError(
-            f"expected h [B, T, d] and s [B, T], got {tuple(h.shape)} and {tuple(s.shape)}"
-        )
+        raise ValueError(f"expected h [B, T, d] and s [B, T], got {tuple(h.shape)} and {tuple(s.shape)}")
     if not relation:
         return s
     T = h.shape[1]
     R = torch.bmm(h, h.transpose(1, 2))  # R[b, j, t] = <h_j, h_t>
-    earlier = torch.triu(
-        torch.ones(T, T, dtype=torch.bool, device=h.device), diagonal=1
-    )  # j < t
+    earlier = torch.triu(torch.ones(T, T, dtype=torch.bool, device=h.device), diagonal=1)  # j < t
     rel_sum = ((1.0 - R / tau) * earlier).sum(dim=1)  # [B, T]: Σ_{j<t} (1 − R_jt/τ)
     count = torch.arange(T, device=h.device, dtype=h.dtype).clamp(min=1)
     factor = alpha * rel_sum / count
@@ -119,9 +109,7 @@ class RelationHeads(nn.Module):
     def __init__(self, hidden_size: int, relation: bool = True):
         super().__init__()
         self.head = nn.Linear(hidden_size, 1)
-        self.alpha = nn.Parameter(
-            torch.ones(1)
-        )  # shape [1]: DeepSpeed cannot broadcast 0-d tensors
+        self.alpha = nn.Parameter(torch.ones(1))  # shape [1]: DeepSpeed cannot broadcast 0-d tensors
         self.tau = nn.Parameter(torch.ones(1))
         self.relation = relation
 
@@ -130,9 +118,7 @@ class RelationHeads(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h [B, T, d] -> predictions [B, T]."""
-        return group_prediction(
-            h, self.individual(h), self.alpha, self.tau, self.relation
-        )
+        return group_prediction(h, self.individual(h), self.alpha, self.tau, self.relation)
 
 
 def load_encoder(path: str | os.PathLike):
@@ -147,15 +133,11 @@ def load_encoder(path: str | os.PathLike):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         try:
-            encoder = AutoModel.from_pretrained(
-                str(p), local_files_only=True, add_pooling_layer=False
-            )
+            encoder = AutoModel.from_pretrained(str(p), local_files_only=True, add_pooling_layer=False)
         except TypeError:
             encoder = AutoModel.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise GMError(
-            f"{p}: cannot load the encoder or its tokenizer ({e}); is the folder complete?"
-        ) from e
+        raise GMError(f"{p}: cannot load the encoder or its tokenizer ({e}); is the folder complete?") from e
     return encoder, tokenizer
 
 
@@ -177,15 +159,9 @@ class InfluenceModel(nn.Module):
         self.max_len = min(max_len, tok_max if tok_max < 1_000_000 else max_len)
         self.chunk_len = config.chunk_len or self.max_len
         if self.chunk_len > self.max_len:
-            raise GMError(
-                f"chunk_len {self.chunk_len} exceeds the encoder's maximum length {self.max_len}"
-            )
-        tokenizer.model_max_length = (
-            1 << 30
-        )  # we chunk ourselves; silence the long-input warning
-        self.heads = RelationHeads(
-            int(encoder.config.hidden_size), relation=config.relation
-        )
+            raise GMError(f"chunk_len {self.chunk_len} exceeds the encoder's maximum length {self.max_len}")
+        tokenizer.model_max_length = 1 << 30  # we chunk ourselves; silence the long-input warning
+        self.heads = RelationHeads(int(encoder.config.hidden_size), relation=config.relation)
 
     @property
     def hidden_size(self) -> int:
@@ -207,13 +183,9 @@ class InfluenceModel(nn.Module):
         """Token ids of every chunk ([CLS] body [SEP]) and the index of the text each chunk belongs to."""
         from megatron_gm.influence.embed import chunk_token_ids
 
-        return chunk_token_ids(
-            self.tokenizer, texts, self.chunk_len, self.config.max_chunks
-        )
+        return chunk_token_ids(self.tokenizer, texts, self.chunk_len, self.config.max_chunks)
 
-    def cls_vectors(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def cls_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised [CLS] vectors of a padded chunk batch [N, L] -> [N, d]."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         cls = out.last_hidden_state[:, 0].float()
@@ -224,18 +196,12 @@ class InfluenceModel(nn.Module):
         from megatron_gm.influence.embed import pad_chunks
 
         chunks, owner = self.chunk_ids(texts)
-        ids, mask = pad_chunks(
-            chunks, self.tokenizer.pad_token_id or 0, len(chunks), self.device
-        )
+        ids, mask = pad_chunks(chunks, self.tokenizer.pad_token_id or 0, len(chunks), self.device)
         vecs = self.cls_vectors(ids, mask)
         owner_t = torch.tensor(owner, device=self.device)
-        summed = torch.zeros(
-            len(texts), vecs.shape[1], device=self.device, dtype=vecs.dtype
-        )
+        summed = torch.zeros(len(texts), vecs.shape[1], device=self.device, dtype=vecs.dtype)
         summed = summed.index_add(0, owner_t, vecs)
-        counts = (
-            torch.bincount(owner_t, minlength=len(texts)).clamp(min=1).to(vecs.dtype)
-        )
+        counts = torch.bincount(owner_t, minlength=len(texts)).clamp(min=1).to(vecs.dtype)
         return summed / counts[:, None]
 
     def forward(self, texts: list[str], shape: tuple[int, int]) -> torch.Tensor:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -37,12 +36,12 @@ from megatron_gm.errors import GMError
 from megatron_gm.influence import dist as gdist
 from megatron_gm.influence.data import (
     TrajectoryData,
-    array_digest,
     default_val_count,
     load_stores,
     split_indices,
     zscore_stats,
 )
+from megatron_gm.influence.embed import cached_embeddings
 from megatron_gm.influence.io import KIND, save_influence_model
 from megatron_gm.influence.model import (
     InfluenceModel,
@@ -77,25 +76,17 @@ class TrainConfig:
     embed_batch_size: int = 32
     deepspeed_config: str = ""  # JSON file; "" = built-in defaults
     zero_stage: int = -1  # -1 = from the config (default 0)
-    train_batch_size: int = (
-        0  # trajectories per optimizer step; 0 = from the config (default 32)
-    )
+    train_batch_size: int = 0  # trajectories per optimizer step; 0 = from the config (default 32)
     micro_batch_size: int = 0  # per rank; 0 = from the config (default 8)
-    ablation: str = (
-        "same"  # also train without the relation term: same mode, fast, or none
-    )
-    max_steps: int = (
-        0  # stop after this many optimizer steps (benchmarks); 0 = all epochs
-    )
+    ablation: str = "same"  # also train without the relation term: same mode, fast, or none
+    max_steps: int = 0  # stop after this many optimizer steps (benchmarks); 0 = all epochs
     progress: bool = True
 
     def validate(self) -> TrainConfig:
         if self.mode not in MODES:
             raise GMError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.ablation not in ("same", "fast", "none"):
-            raise GMError(
-                f"--ablation must be same, fast or none, got {self.ablation!r}"
-            )
+            raise GMError(f"--ablation must be same, fast or none, got {self.ablation!r}")
         for name in (
             "epochs",
             "val_count",
@@ -186,56 +177,6 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 # -- embeddings for fast mode --------------------------------------------------------------------------
 
 
-def cached_embeddings(
-    model: InfluenceModel,
-    data_path: str,
-    docs: np.ndarray,
-    folder: Path,
-    batch_size: int,
-    fingerprint: str,
-    progress: bool,
-) -> np.ndarray:
-    """h of every doc in ``docs`` (sorted unique) with the frozen encoder; resumable shards split by rank."""
-    import torch.distributed as dist
-    from tqdm import tqdm
-
-    from megatron_gm.influence.embed import document_texts, embed_texts
-    from megatron_gm.shards import ShardSet
-
-    per_shard = 1024
-    n_shards = max(1, math.ceil(len(docs) / per_shard))
-    config = {
-        "encoder_sha256": encoder_hash(model.config.encoder_path),
-        "chunk_len": model.chunk_len,
-        "max_chunks": model.config.max_chunks,
-        "batch_size": batch_size,
-        "docs": array_digest(docs),
-        "num_shards": n_shards,
-    }
-    manifest = Manifest("embedding_cache", fingerprint, config=config)
-    shards = ShardSet(folder / f"embeddings-{manifest.digest()}", n_shards)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if rank == 0:
-        shards.open(manifest)
-    gdist.barrier()
-    pending = shards.pending(rank, world)
-    bar = tqdm(
-        total=len(pending) * per_shard,
-        desc="embed (frozen encoder)",
-        disable=not progress or not pending,
-    )
-    for i in pending:
-        part = docs[i * per_shard : (i + 1) * per_shard]
-        h = embed_texts(
-            model, document_texts(data_path, part), batch_size, progress=None
-        )
-        shards.write(i, h=h, docs=part)
-        bar.update(len(part))
-    bar.close()
-    gdist.barrier()
-    return np.concatenate([s["h"] for s in shards.read_all()])
-
-
 # -- one training run ----------------------------------------------------------------------------------
 
 
@@ -299,11 +240,7 @@ class Run:
             for i in range(0, len(mine), micro)
         ]
         engine.train()
-        local = (
-            np.concatenate(preds)
-            if preds
-            else np.zeros((0, self.prep.data.T), np.float32)
-        )
+        local = np.concatenate(preds) if preds else np.zeros((0, self.prep.data.T), np.float32)
         pred = np.concatenate(gdist.gather_objects(local))
         y = self.prep.y[val]
         rho = float(spearmanr(pred.reshape(-1), y.reshape(-1)).statistic)
@@ -318,9 +255,7 @@ class Run:
 
         cfg, prep = self.cfg, self.prep
         torch.manual_seed(cfg.seed)
-        model = InfluenceModel(
-            dataclasses.replace(model_config, relation=self.relation)
-        )
+        model = InfluenceModel(dataclasses.replace(model_config, relation=self.relation))
         if self.mode == "fast":
             model.encoder.requires_grad_(False)
             module = model.heads
@@ -342,12 +277,8 @@ class Run:
                 f"only {len(prep.train_idx)} training trajectories for a batch of {tbs}; lower --train-batch-size"
             )
         total = steps_per_epoch * self.epochs  # the LR schedule's length
-        stop = (
-            min(total, cfg.max_steps) if cfg.max_steps else total
-        )  # --max-steps stops early, same schedule
-        optimizer = torch.optim.AdamW(
-            param_groups(module, cfg.weight_decay), lr=self.lr
-        )
+        stop = min(total, cfg.max_steps) if cfg.max_steps else total  # --max-steps stops early, same schedule
+        optimizer = torch.optim.AdamW(param_groups(module, cfg.weight_decay), lr=self.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(min(cfg.warmup_steps, total), total)
         )
@@ -368,9 +299,7 @@ class Run:
             )
             state.update({k: client[k] for k in state if k in client})
             if self.rank == 0:
-                print(
-                    f"resumed {self.workdir.name} from step {state['step']}", flush=True
-                )
+                print(f"resumed {self.workdir.name} from step {state['step']}", flush=True)
         eval_every = cfg.eval_interval or steps_per_epoch
         manifest = self.manifest(model_config)
         bar = tqdm(
@@ -458,9 +387,7 @@ class Run:
             inputs=self.prep.data.inputs(),
         )
 
-    def save_best(
-        self, engine, model: InfluenceModel, manifest: Manifest, metrics: dict
-    ) -> None:
+    def save_best(self, engine, model: InfluenceModel, manifest: Manifest, metrics: dict) -> None:
         import deepspeed
 
         def save():
@@ -476,9 +403,7 @@ class Run:
                 )
 
         if engine.zero_optimization_stage() == 3:
-            with deepspeed.zero.GatheredParameters(
-                list(engine.module.parameters()), modifier_rank=None
-            ):
+            with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
                 save()
         else:
             save()
@@ -516,9 +441,7 @@ def prepare(
     mean, std = zscore_stats(data.labels[train_idx])
     y = ((data.labels.astype(np.float64) - mean) / std).astype(np.float32)
     unique_docs = np.unique(data.documents)
-    prep = Prepared(
-        data, info.fingerprint, train_idx, val_idx, y, mean, std, unique_docs
-    )
+    prep = Prepared(data, info.fingerprint, train_idx, val_idx, y, mean, std, unique_docs)
     if need_texts:
         prep.texts = dict(
             zip(
@@ -531,6 +454,7 @@ def prepare(
         torch.manual_seed(cfg.seed)
         frozen = InfluenceModel(model_config).to(gdist.device())
         prep.embeddings = cached_embeddings(
+            encoder_hash(frozen.config.encoder_path),
             frozen,
             cfg.data_path,
             unique_docs,
@@ -562,9 +486,7 @@ def check_output(cfg: TrainConfig, rank: int) -> Path:
                 f"{out}: holds a training run with other arguments (see {stamp}); use a new --output or delete it"
             )
     elif (out / "manifest.json").exists() or (out.exists() and any(out.iterdir())):
-        raise GMError(
-            f"{out}: exists and is not an influence training folder; use a new --output"
-        )
+        raise GMError(f"{out}: exists and is not an influence training folder; use a new --output")
     gdist.barrier()
     if rank == 0:
         stamp.parent.mkdir(parents=True, exist_ok=True)
@@ -599,9 +521,9 @@ def train_influence_model(cfg: TrainConfig) -> dict:
         "val_trajectories": len(prep.val_idx),
         "T": prep.data.T,
     }
-    result["main"] = Run(
-        cfg, prep, cfg.mode, cfg.relation, out / "train" / "main", rank, world
-    ).fit(model_config)
+    result["main"] = Run(cfg, prep, cfg.mode, cfg.relation, out / "train" / "main", rank, world).fit(
+        model_config
+    )
     if abl_mode is not None and cfg.relation:
         result["ablation"] = Run(
             cfg,
@@ -632,9 +554,7 @@ def publish(out: Path, best: Path, result: dict) -> None:
             shutil.copytree(item, dest)
         else:
             shutil.copy2(item, dest)
-    atomic_write_text(
-        out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n"
-    )
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     shutil.copy2(best / "manifest.json", out / ".manifest.json.tmp")
     os.replace(out / ".manifest.json.tmp", out / "manifest.json")
 

@@ -1,0 +1,301 @@
+"""Bootstrap round (METHOD.md step 3): beam-search trajectories of extreme predicted group influence.
+
+The group influence of a trajectory x_0..x_{T-1} is Σ_t Î_t with the model's own prediction (step 0 uses
+s(x_0), as the model does; the reference code scored every first pick 0). Beam search: every beam is
+extended by its ``width`` best next documents (lowest Î_t for the low tail, highest for the high tail), and
+of all extensions the ``beams`` best by running total are kept. The search state per beam is the sum of
+its embeddings, so a step costs beams × pool × d and no [beams, pool] relation table is kept.
+
+The result is a trajectory file that ``tools/collect_oracle.py`` probes: a folder with
+
+    documents.npy        int64 [n, T]  document indices into the pool dataset, in step order
+    predicted.npy        float32 [n]   predicted group influence (z-scored label units)
+    tail.npy             int8 [n]      -1 = searched for lowest, +1 = for highest
+    probe_documents.npy  int64 [m]     the probing pool that was searched
+    manifest.json        kind "trajectories" (written last: a folder with a manifest is complete)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_gm.errors import GMError
+from megatron_gm.manifest import Manifest, atomic_write_bytes
+
+TRAJ_KIND = "trajectories"
+
+
+def beam_search(
+    h: np.ndarray,
+    s: np.ndarray,
+    alpha: float,
+    tau: float,
+    T: int,
+    width: int,
+    beams: int,
+    *,
+    lowest: bool = True,
+    relation: bool = True,
+    chunk: int = 1024,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Trajectories [k, T] (indices into h) and their predicted group influence [k], best first."""
+    n, _ = h.shape
+    if not 1 <= T <= n:
+        raise GMError(f"trajectory length T={T} must be between 1 and the probing pool size {n}")
+    if width < 1 or beams < 1:
+        raise GMError(f"beam width ({width}) and beams per tail ({beams}) must be >= 1")
+    dtype = torch.float64 if torch.device(device).type == "cpu" else torch.float32
+    H = torch.as_tensor(h, dtype=dtype, device=device)
+    S = torch.as_tensor(s, dtype=dtype, device=device)
+    sign = 1.0 if lowest else -1.0  # search minimises sign * influence
+    seqs = torch.zeros((1, 0), dtype=torch.long, device=device)
+    hsum = torch.zeros((1, H.shape[1]), dtype=dtype, device=device)
+    total = torch.zeros(1, dtype=dtype, device=device)
+    k = min(width, n)
+    for t in range(T):
+        child_parent, child_doc, child_total = [], [], []
+        for st in range(0, len(seqs), chunk):
+            sl = slice(st, st + chunk)
+            if t == 0 or not relation:
+                step = S.expand(len(seqs[sl]), n).clone()
+            else:  # Î_t = s(x) · α · (1/t) Σ_{j<t} (1 − <h_j, h_x>/τ) = s(x) · α · (t − <Σ_j h_j, h_x>/τ) / t
+                step = S[None, :] * alpha * (t - hsum[sl] @ H.T / tau) / t
+            key = sign * step
+            if t:
+                key.scatter_(1, seqs[sl], float("inf"))  # no document twice in a trajectory
+            kk = min(k, n - t)
+            best = _topk_smallest(key, kk)  # [b, kk], ties broken by document index
+            parent = torch.arange(st, st + len(best), device=device)[:, None].expand(-1, kk)
+            child_parent.append(parent.reshape(-1))
+            child_doc.append(best.reshape(-1))
+            child_total.append((total[sl][:, None] + step.gather(1, best)).reshape(-1))
+        parent = torch.cat(child_parent)
+        doc = torch.cat(child_doc)
+        tot = torch.cat(child_total)
+        keep = _topk_smallest((sign * tot)[None, :], min(beams, len(tot)))[0]
+        parent, doc = parent[keep], doc[keep]
+        seqs = torch.cat([seqs[parent], doc[:, None]], dim=1)
+        hsum = hsum[parent] + H[doc]
+        total = tot[keep]
+    return seqs.cpu().numpy().astype(np.int64), total.cpu().numpy().astype(np.float64)
+
+
+def _topk_smallest(key: torch.Tensor, k: int) -> torch.Tensor:
+    """Column indices of the k smallest entries per row, sorted ascending, ties by lower index."""
+    vals, idx = torch.topk(key, k, dim=1, largest=False, sorted=True)
+    # make ties deterministic: stable sort by (value, index)
+    order = torch.argsort(idx, dim=1, stable=True)
+    idx, vals = idx.gather(1, order), vals.gather(1, order)
+    order = torch.argsort(vals, dim=1, stable=True)
+    return idx.gather(1, order)
+
+
+def group_influence(h: np.ndarray, s: np.ndarray, alpha: float, tau: float, traj: np.ndarray, relation=True):
+    """Σ_t Î_t for trajectories [k, T] of indices into h/s, with the model's formula (float64)."""
+    from megatron_gm.influence.model import group_prediction
+
+    H = torch.as_tensor(h, dtype=torch.float64)[torch.as_tensor(traj)]
+    S = torch.as_tensor(s, dtype=torch.float64)[torch.as_tensor(traj)]
+    a = torch.tensor([alpha], dtype=torch.float64)
+    tt = torch.tensor([tau], dtype=torch.float64)
+    return group_prediction(H, S, a, tt, relation).sum(dim=1).numpy()
+
+
+# -- trajectory files --------------------------------------------------------------------------------------
+
+
+def _save_npy(path: Path, a: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_trajectories(
+    folder: str | os.PathLike,
+    documents: np.ndarray,
+    manifest: Manifest,
+    *,
+    predicted: np.ndarray | None = None,
+    tail: np.ndarray | None = None,
+    probe_documents: np.ndarray | None = None,
+) -> Path:
+    folder = Path(folder)
+    docs = np.asarray(documents, dtype=np.int64)
+    if docs.ndim != 2 or docs.size == 0:
+        raise GMError(f"{folder}: trajectories must be a non-empty [n, T] array of document indices")
+    if manifest.kind != TRAJ_KIND:
+        raise GMError(f"{folder}: trajectory manifest must have kind {TRAJ_KIND!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_npy(folder / "documents.npy", docs)
+    if predicted is not None:
+        _save_npy(folder / "predicted.npy", np.asarray(predicted, dtype=np.float32))
+    if tail is not None:
+        _save_npy(folder / "tail.npy", np.asarray(tail, dtype=np.int8))
+    if probe_documents is not None:
+        _save_npy(folder / "probe_documents.npy", np.asarray(probe_documents, dtype=np.int64))
+    manifest.config["T"] = int(docs.shape[1])
+    manifest.config["num_trajectories"] = int(docs.shape[0])
+    manifest.save(folder / "manifest.json")
+    return folder
+
+
+def load_trajectories(
+    folder: str | os.PathLike, *, dataset_fingerprint: str | None = None, num_docs: int | None = None
+) -> tuple[np.ndarray, Manifest]:
+    """documents [n, T] int64 and the manifest; refuses a file made for another dataset."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GMError(f"{folder}: trajectory file not found; write one with tools/bootstrap_trajectories.py")
+    manifest = Manifest.load(folder / "manifest.json")
+    if manifest.kind != TRAJ_KIND:
+        raise GMError(f"{folder}: is a {manifest.kind!r} artifact, not a trajectory file")
+    manifest.check(path=folder, dataset_fingerprint=dataset_fingerprint)
+    try:
+        docs = np.load(folder / "documents.npy", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise GMError(f"{folder}/documents.npy: unreadable ({e}); regenerate the trajectories") from e
+    if docs.ndim != 2 or docs.dtype != np.int64 or docs.size == 0:
+        raise GMError(f"{folder}/documents.npy: not a non-empty int64 [n, T] array; regenerate it")
+    if num_docs is not None and (docs.min() < 0 or docs.max() >= num_docs):
+        raise GMError(f"{folder}: document index out of range for a dataset of {num_docs} documents")
+    return docs, manifest
+
+
+# -- the bootstrap job -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BootstrapConfig:
+    model: str  # influence model folder
+    data_path: str  # Megatron data prefix of the pool
+    output: str
+    T: int = 10
+    width: int = 5
+    beams_per_tail: int = 10000
+    tails: str = "both"  # both, low, high
+    probe_count: int = 20000  # random pool documents searched (0 = all)
+    probe_indices: str = ""  # .npy of document indices instead of a random sample
+    seed: int = 1234
+    embed_batch_size: int = 32
+    progress: bool = True
+
+    def validate(self) -> BootstrapConfig:
+        if self.tails not in ("both", "low", "high"):
+            raise GMError(f"--tails must be both, low or high, got {self.tails!r}")
+        if self.T < 1 or self.width < 1 or self.beams_per_tail < 1:
+            raise GMError("--T, --width and --beams-per-tail must be >= 1")
+        if self.probe_count < 0 or self.embed_batch_size < 1:
+            raise GMError("--probe-count must be >= 0 and --embed-batch-size >= 1")
+        return self
+
+
+def probing_pool(cfg: BootstrapConfig, num_docs: int) -> np.ndarray:
+    if cfg.probe_indices:
+        try:
+            idx = np.load(cfg.probe_indices, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise GMError(f"{cfg.probe_indices}: unreadable ({e}); pass a .npy of document indices") from e
+        idx = np.unique(np.asarray(idx, dtype=np.int64).reshape(-1))
+        if idx.size == 0 or idx[0] < 0 or idx[-1] >= num_docs:
+            raise GMError(f"{cfg.probe_indices}: empty or out of range for a dataset of {num_docs} documents")
+        return idx
+    if cfg.probe_count == 0 or cfg.probe_count >= num_docs:
+        return np.arange(num_docs, dtype=np.int64)
+    return np.sort(np.random.default_rng(cfg.seed).choice(num_docs, cfg.probe_count, replace=False))
+
+
+def run_bootstrap(cfg: BootstrapConfig) -> dict:
+    """Embed the probing pool with the trained model, beam-search both tails, write the trajectory file."""
+    from megatron_gm.data.indexed import load_dataset_info
+    from megatron_gm.influence.embed import cached_embeddings, individual_scores
+    from megatron_gm.influence.io import load_influence_model, read_model_config
+
+    cfg.validate()
+    info = load_dataset_info(cfg.data_path)
+    model, model_manifest = load_influence_model(cfg.model, dataset_fingerprint=info.fingerprint)
+    probe = probing_pool(cfg, info.num_docs)
+    if cfg.T > len(probe):
+        raise GMError(
+            f"T={cfg.T} is longer than the probing pool ({len(probe)} documents); raise --probe-count"
+        )
+    tails = {"both": (True, False), "low": (True,), "high": (False,)}[cfg.tails]
+    manifest = Manifest(
+        TRAJ_KIND,
+        info.fingerprint,
+        stage=model_manifest.stage,
+        iteration=model_manifest.iteration,
+        seed=cfg.seed,
+        config={
+            "policy": "bootstrap",
+            "width": cfg.width,
+            "beams_per_tail": cfg.beams_per_tail,
+            "tails": cfg.tails,
+            "probe_count": int(len(probe)),
+            "alpha": model.alpha,
+            "tau": model.tau,
+            "relation": bool(model.heads.relation),
+        },
+        inputs={"influence_model": model_manifest.digest()},
+    )
+    out = Path(cfg.output)
+    if (out / "manifest.json").exists():
+        old = Manifest.load(out / "manifest.json")
+        old_cfg = {k: v for k, v in old.config.items() if k not in ("T", "num_trajectories")}
+        if old.inputs == manifest.inputs and old_cfg == manifest.config and old.config.get("T") == cfg.T:
+            docs, _ = load_trajectories(out)
+            return {"output": str(out), "trajectories": len(docs), "reused": True}
+        raise GMError(f"{out}: holds trajectories of another run; use a new --output or delete it")
+    enc_id = read_model_config(cfg.model)["encoder_sha256"]
+    h = cached_embeddings(
+        enc_id,
+        model,
+        cfg.data_path,
+        probe,
+        out / "cache",
+        cfg.embed_batch_size,
+        info.fingerprint,
+        cfg.progress,
+    )
+    s = individual_scores(model, h)
+    docs, scores, tail = [], [], []
+    for lowest in tails:
+        traj, score = beam_search(
+            h,
+            s,
+            model.alpha,
+            model.tau,
+            cfg.T,
+            cfg.width,
+            cfg.beams_per_tail,
+            lowest=lowest,
+            relation=bool(model.heads.relation),
+        )
+        docs.append(probe[traj])
+        scores.append(score)
+        tail.append(np.full(len(traj), -1 if lowest else 1, dtype=np.int8))
+    save_trajectories(
+        out,
+        np.concatenate(docs),
+        manifest,
+        predicted=np.concatenate(scores),
+        tail=np.concatenate(tail),
+        probe_documents=probe,
+    )
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    return {
+        "output": str(out),
+        "trajectories": int(sum(len(d) for d in docs)),
+        "predicted": {
+            ("low" if lo else "high"): [float(sc.min()), float(sc.max())] for lo, sc in zip(tails, scores)
+        },
+        "probe_count": int(len(probe)),
+        "reused": False,
+    }
