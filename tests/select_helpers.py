@@ -27,20 +27,50 @@ def synthetic_scores(folder: Path, n=3000, d=32, topics=12, shard_size=700, seed
     h *= (rng.uniform(0.6, 1.0, n) / np.linalg.norm(h, axis=1))[:, None].astype(np.float32)
     s = (rng.standard_normal(n) + 0.3).astype(np.float32)
     write_scores(
-        folder, h, s, alpha=0.8, tau=1.4, dataset_fingerprint=fingerprint, model_hash="model0",
-        shard_size=shard_size, iteration=50,
+        folder,
+        h,
+        s,
+        alpha=0.8,
+        tau=1.4,
+        dataset_fingerprint=fingerprint,
+        model_hash="model0",
+        shard_size=shard_size,
+        iteration=50,
     )
     return h, s
 
 
-def reference_selection(h, s, *, method, k, ratio=0.5, seed=1234, niter=100, ppc=256, shard_size=700,
-                        alpha=0.8, tau=1.4, temperature=1.0):
+def reference_selection(
+    h,
+    s,
+    *,
+    method,
+    k,
+    ratio=0.5,
+    seed=1234,
+    niter=100,
+    ppc=256,
+    shard_size=700,
+    alpha=0.8,
+    tau=1.4,
+    temperature=1.0,
+):
     """What the tool must select, computed in this process with the same building blocks."""
     sample = kmeans_sample(len(s), k, seed, ppc)
     cents = train_centroids(h[sample], k, seed=seed, niter=niter)
     labels = np.concatenate([assign(h[lo : lo + shard_size], cents) for lo in range(0, len(s), shard_size)])
-    return select_documents(method, labels, h, s, num_clusters=k, ratio=ratio, alpha=alpha, tau=tau,
-                            temperature=temperature, seed=seed)
+    return select_documents(
+        method,
+        labels,
+        h,
+        s,
+        num_clusters=k,
+        ratio=ratio,
+        alpha=alpha,
+        tau=tau,
+        temperature=temperature,
+        seed=seed,
+    )
 
 
 def run_tool(*args, ranks: int | None = None, timeout=120, **popen) -> subprocess.CompletedProcess:

@@ -45,7 +45,9 @@ def test_every_method_honours_the_budget(method):
     if method == "quota":
         for c in range(7):
             members = np.flatnonzero(labels == c)
-            assert set(docs[labels[docs] == c]) == set(members[np.argsort(s[members], kind="stable")][: quotas[c]])
+            assert set(docs[labels[docs] == c]) == set(
+                members[np.argsort(s[members], kind="stable")][: quotas[c]]
+            )
 
 
 def test_group_uses_the_relation_term():
@@ -57,7 +59,9 @@ def test_group_uses_the_relation_term():
     assert group.size == quota.size and set(group) != set(quota)
     # tau changes the group choice; a positive alpha's size does not (it scales every later score alike)
     assert set(select_documents("group", labels, h, s, num_clusters=1, ratio=0.3, tau=3.0)) != set(group)
-    assert np.array_equal(select_documents("group", labels, h, s, num_clusters=1, ratio=0.3, alpha=2.5), group)
+    assert np.array_equal(
+        select_documents("group", labels, h, s, num_clusters=1, ratio=0.3, alpha=2.5), group
+    )
 
 
 def test_random_is_uniform():
@@ -104,7 +108,9 @@ def test_individual_temperature_to_zero_is_top_k():
 def test_individual_first_pick_follows_the_softmax():
     s = np.array([0.0, 0.5, 1.0, 2.0], dtype=np.float32)
     temperature, trials = 0.7, 4000
-    first = np.bincount([select_individual(s, 1, temperature, seed)[0] for seed in range(trials)], minlength=4)
+    first = np.bincount(
+        [select_individual(s, 1, temperature, seed)[0] for seed in range(trials)], minlength=4
+    )
     p = np.exp(-s.astype(np.float64) / temperature)
     expected = p / p.sum() * trials
     assert stats.chisquare(first, expected * (trials / expected.sum())).pvalue > 1e-3

@@ -20,8 +20,19 @@ def scores(tmp_path_factory):
 
 def select(scores_dir, out, method, ranks, *extra):
     proc = run_tool(
-        "--scores-from", scores_dir, "--gm-num-clusters", K, "--gm-select-method", method,
-        "--gm-stage", 2, "--output", out, "--no-progress", *extra, ranks=ranks,
+        "--scores-from",
+        scores_dir,
+        "--gm-num-clusters",
+        K,
+        "--gm-select-method",
+        method,
+        "--gm-stage",
+        2,
+        "--output",
+        out,
+        "--no-progress",
+        *extra,
+        ranks=ranks,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("select_data: docs 3000, scored 0")

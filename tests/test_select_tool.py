@@ -21,8 +21,19 @@ def scores(tmp_path_factory):
 
 
 def select(scores_dir, out, *extra, ranks=None):
-    return run_tool("--scores-from", scores_dir, "--gm-num-clusters", 4, "--gm-stage", 1, "--output", out,
-                    "--no-progress", *extra, ranks=ranks)
+    return run_tool(
+        "--scores-from",
+        scores_dir,
+        "--gm-num-clusters",
+        4,
+        "--gm-stage",
+        1,
+        "--output",
+        out,
+        "--no-progress",
+        *extra,
+        ranks=ranks,
+    )
 
 
 def snapshot(folder):
@@ -83,8 +94,12 @@ def test_overwrite_refuses_a_folder_that_is_not_a_selection(scores, tmp_path):
 
 
 def test_scores_for_another_dataset_are_refused(scores, tmp_path):
-    info = write_indexed_dataset(tmp_path / "other", [[1, 2, 3]] * 5, tokenizer={"type": "NullTokenizer",
-                                 "vocab_size": 10}, source="test")
+    info = write_indexed_dataset(
+        tmp_path / "other",
+        [[1, 2, 3]] * 5,
+        tokenizer={"type": "NullTokenizer", "vocab_size": 10},
+        source="test",
+    )
     proc = select(scores, tmp_path / "out", "--data-path", info.prefix)
     assert proc.returncode == 2
     assert "scores were made for dataset f00d" in error_line(proc) and info.fingerprint in error_line(proc)
@@ -114,8 +129,16 @@ def test_write_scores_refuses_empty_and_existing(tmp_path):
     from megatron_gm.errors import GMError
 
     with pytest.raises(GMError, match="n > 0"):
-        write_scores(tmp_path / "e", np.zeros((0, 4)), np.zeros(0), alpha=1, tau=1, dataset_fingerprint="x",
-                     model_hash="m")
+        write_scores(
+            tmp_path / "e",
+            np.zeros((0, 4)),
+            np.zeros(0),
+            alpha=1,
+            tau=1,
+            dataset_fingerprint="x",
+            model_hash="m",
+        )
     with pytest.raises(GMError, match="exists"):
-        write_scores(tmp_path, np.zeros((2, 4)), np.zeros(2), alpha=1, tau=1, dataset_fingerprint="x",
-                     model_hash="m")
+        write_scores(
+            tmp_path, np.zeros((2, 4)), np.zeros(2), alpha=1, tau=1, dataset_fingerprint="x", model_hash="m"
+        )

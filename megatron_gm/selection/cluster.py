@@ -8,6 +8,8 @@ also the L2-nearest one), ties to the lowest cluster id.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from megatron_gm.errors import GMError
@@ -23,11 +25,17 @@ def kmeans_sample(num_docs: int, num_clusters: int, seed: int, points_per_centro
     return np.sort(idx).astype(np.int64)
 
 
+def _faiss():
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines are noise here
+    import faiss
+
+    return faiss
+
+
 def train_centroids(
     x: np.ndarray, num_clusters: int, *, seed: int, niter: int, threads: int = 1
 ) -> np.ndarray:
-    import faiss
-
+    faiss = _faiss()
     x = np.ascontiguousarray(x, dtype=np.float32)
     if num_clusters > x.shape[0]:
         raise GMError(f"--gm-num-clusters {num_clusters} is more than the {x.shape[0]} documents to cluster")

@@ -265,6 +265,8 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     model_box: dict[str, Any] = {}
+    if cfg.scores_from is None and not comm.is_root:
+        preload_model(cfg, model_box)  # while rank 0 checks the inputs
     plan: Plan = comm.root_then_bcast(lambda: prepare(cfg, model_box))
     scfg = plan.scores.config
     shards = ShardSet(cfg.scores_folder, num_shards(plan.num_docs, int(scfg["shard_size"])))
@@ -333,6 +335,18 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     return Summary(plan.num_docs, total_scored, plan.num_clusters, selected, seconds)
 
 
+def preload_model(cfg: SelectConfig, model_box: dict) -> None:
+    """Ranks > 0 load the model before rank 0's checks end; errors are raised later, collectively."""
+    from megatron_gm.influence import load_influence_model
+
+    try:
+        model_box["model"], model_box["manifest"] = load_influence_model(
+            cfg.influence_model, device=scoring_device(cfg)
+        )
+    except GMError as e:
+        model_box["error"] = e
+
+
 def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict) -> tuple[int, float, float]:
     """Score this rank's share of the unfinished shards: (documents scored, load seconds, score seconds)."""
     from megatron_gm.selection.scoring import score_shards
@@ -341,12 +355,10 @@ def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict) 
 
     def setup():
         if not comm.is_root:
-            from megatron_gm.influence import load_influence_model
-
+            if "error" in model_box:
+                raise model_box["error"]
+            model_box["manifest"].check(path=cfg.influence_model, dataset_fingerprint=plan.fingerprint)
             shards.open(plan.scores)
-            model_box["model"], _ = load_influence_model(
-                cfg.influence_model, dataset_fingerprint=plan.fingerprint, device=scoring_device(cfg)
-            )
 
     comm.agree(setup)
     pending = comm.root_then_bcast(lambda: [i for i in range(shards.num_shards) if not shards.is_done(i)])
