@@ -46,6 +46,7 @@ from megatron_gm.influence.io import KIND, save_influence_model
 from megatron_gm.influence.model import (
     InfluenceModel,
     ModelConfig,
+    check_encoder_path,
     default_encoder_path,
     encoder_hash,
 )
@@ -431,9 +432,11 @@ def prepare(
     need_embeddings: bool,
     model_config: ModelConfig,
 ) -> Prepared:
+    """Load and check every input (before anything is written), then decode texts / embed documents."""
     from megatron_gm.data.indexed import load_dataset_info
     from megatron_gm.influence.embed import document_texts
 
+    check_encoder_path(model_config.encoder_path)
     info = load_dataset_info(cfg.data_path)
     data = load_stores(cfg.oracle, info.fingerprint, info.num_docs)
     val_count = cfg.val_count or default_val_count(len(data))
@@ -442,6 +445,7 @@ def prepare(
     y = ((data.labels.astype(np.float64) - mean) / std).astype(np.float32)
     unique_docs = np.unique(data.documents)
     prep = Prepared(data, info.fingerprint, train_idx, val_idx, y, mean, std, unique_docs)
+    check_output(cfg, rank)
     if need_texts:
         prep.texts = dict(
             zip(
@@ -499,7 +503,7 @@ def train_influence_model(cfg: TrainConfig) -> dict:
     """Train (and resume) the model, the ablation without the relation term, and write the final model."""
     cfg.validate()
     rank, world = gdist.init_distributed()
-    out = check_output(cfg, rank)
+    out = Path(cfg.output)
     model_config = ModelConfig(
         cfg.encoder or default_encoder_path(),
         cfg.chunk_len,
