@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,8 +24,13 @@ _LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE
 
 class Comm:
     def __init__(self):
-        from mpi4py import MPI
-
+        try:
+            from mpi4py import MPI
+        except ImportError as e:  # mpi4py missing, or no MPI library for it
+            raise GMError(
+                f"mpi4py cannot be loaded ({e}); install it with an MPI library (pip install -r requirements.txt, "
+                "plus Open MPI or MPICH)"
+            ) from e
         self.MPI = MPI
         self.world = MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
@@ -63,7 +69,14 @@ class Comm:
         return self.rank == 0
 
     def barrier(self) -> None:
-        self.world.Barrier()
+        """A barrier that sleeps while it waits (MPI's own spins and would take a core from busy ranks)."""
+        if self.size == 1:
+            return
+        req = self.world.Ibarrier()
+        delay = 1e-4
+        while not req.Test():
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     def bcast(self, obj: Any) -> Any:
         return self.world.bcast(obj, root=0)
@@ -88,6 +101,7 @@ class Comm:
             out = fn()
         except GMError as e:
             err = str(e)
+        self.barrier()
         errors = self.allgather(err) if self.size > 1 else [err]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
@@ -103,6 +117,7 @@ class Comm:
                 out = fn()
             except GMError as e:
                 err = str(e)
+        self.barrier()
         err, out = self.bcast((err, out)) if self.size > 1 else (err, out)
         if err is not None:
             raise GMError(err)
