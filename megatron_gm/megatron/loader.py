@@ -1,0 +1,296 @@
+"""``install()``: plug group-level selection into Megatron's own training loop.
+
+Megatron's ``training.py`` imports ``build_pretraining_data_loader`` by name, so we replace it there
+(``megatron.training.training.build_pretraining_data_loader``). ``install`` also
+  - adds the ``--gm-*`` group to every Megatron parse (``arguments.add_megatron_arguments``) and runs
+    ``validate_gm_args`` after Megatron's ``validate_args`` (a GMError there prints one line, exit 2);
+  - ends the run at its stage boundary through Megatron's own save-and-exit path
+    (``training.checkpoint_and_decide_exit`` sees ``exit_interval`` = the boundary at that iteration).
+
+With ``--gm-selection`` the training split's loader walks a stage dataset: Megatron's GPTDataset over
+the selected documents (one epoch: Megatron's document shuffle and packing), ordered by our
+``SelectionSampler`` from the stage-relative consumed count. Without it, Megatron's loader is returned
+untouched (wrapped only to record samples when ``--gm-record-samples`` is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+
+import numpy as np
+
+from megatron_gm.errors import GMError
+from megatron_gm.megatron.args import add_gm_args, load_stage_selection, validate_gm_args
+
+_installed: dict = {}
+
+
+def install(cpu_shim: bool | None = None) -> None:
+    """Patch Megatron (idempotent). ``cpu_shim``: None = activate it when CUDA is unavailable."""
+    if _installed:
+        return
+    if cpu_shim is None or cpu_shim:
+        from megatron_gm.megatron import cpu_shim as shim
+
+        shim.activate()
+    from megatron.training import arguments, training
+
+    _installed["add_megatron_arguments"] = arguments.add_megatron_arguments
+    _installed["validate_args"] = arguments.validate_args
+    _installed["loader"] = training.build_pretraining_data_loader
+    _installed["exit"] = training.checkpoint_and_decide_exit
+
+    @functools.wraps(arguments.add_megatron_arguments)
+    def add_megatron_arguments(parser):
+        return add_gm_args(_installed["add_megatron_arguments"](parser))
+
+    @functools.wraps(arguments.validate_args)
+    def validate_args(args, defaults={}):  # noqa: B006 - Megatron's signature
+        out = _installed["validate_args"](args, defaults)
+        run_gm_validation(args)
+        return out
+
+    arguments.add_megatron_arguments = add_megatron_arguments
+    arguments.validate_args = validate_args
+    training.build_pretraining_data_loader = build_pretraining_data_loader
+    training.checkpoint_and_decide_exit = checkpoint_and_decide_exit
+
+
+def run_gm_validation(args) -> None:
+    """validate_gm_args with a one-line error and exit code 2 instead of a traceback."""
+    try:
+        validate_gm_args(args)
+    except GMError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+# -- stage boundary ---------------------------------------------------------------------------
+
+
+def checkpoint_and_decide_exit(*args, **kwargs):
+    """Megatron's save-and-exit decision, plus: save and exit at the end of this stage."""
+    from megatron.training import get_args
+
+    margs = get_args()
+    iteration = kwargs["iteration"] if "iteration" in kwargs else args[3]
+    end = getattr(margs, "gm_stage_end_iter", None)
+    if end is None or iteration != end or end >= margs.train_iters:
+        return _installed["exit"](*args, **kwargs)
+    saved = margs.exit_interval
+    margs.exit_interval = iteration  # Megatron saves (unless it just did) and exits at this iteration
+    try:
+        return _installed["exit"](*args, **kwargs)
+    finally:
+        margs.exit_interval = saved
+
+
+# -- data loader ------------------------------------------------------------------------------
+
+
+def _is_train_split(dataset) -> bool:
+    from megatron.core.datasets.utils import Split
+
+    split = getattr(dataset, "split", None) or getattr(dataset, "index_split", None)
+    return split == Split.train
+
+
+def build_pretraining_data_loader(dataset, consumed_samples):
+    """Megatron's loader for every split but a selected stage's training split (see module doc)."""
+    from megatron.training import get_args
+
+    args = get_args()
+    original = _installed["loader"]
+    selected = bool(getattr(args, "gm_selection", None))
+    record = getattr(args, "gm_record_samples", None)
+    if dataset is None or not (selected or record) or not _is_train_split(dataset):
+        return original(dataset, consumed_samples)
+    try:
+        if selected:
+            stage_ds = build_stage_dataset(dataset, args)
+            loader, sampler = stage_loader(stage_ds, args, consumed_samples)
+        else:
+            loader = original(dataset, consumed_samples)
+            stage_ds, sampler = dataset, getattr(loader, "batch_sampler", None)
+    except GMError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if record and sampler is not None and _should_record():
+        return RecordingLoader(loader, sampler, stage_ds, args, consumed_samples, selected)
+    return loader
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """The stage dataset's shuffle seed, from (seed, stage); fits numpy's RandomState."""
+    return int(np.random.SeedSequence([seed, stage]).generate_state(1)[0] % (2**31 - 1))
+
+
+def build_stage_dataset(train_ds, args):
+    """Megatron's GPTDataset over the selected documents of the training split (one epoch).
+
+    Each rank builds it in memory (``path_to_cache=""``): Megatron's index cache is keyed without the
+    document subset, and building in place needs no barrier across the ranks that hold a loader.
+    """
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+    from megatron.core.datasets.utils import Split
+
+    if not isinstance(train_ds, GPTDataset):
+        raise GMError(
+            f"--gm-selection needs Megatron's GPTDataset for the training split, got {type(train_ds).__name__}; "
+            "use one --data-path prefix"
+        )
+    docs, _ = load_stage_selection(args)
+    train_docs = np.asarray(train_ds.indices)
+    kept = np.intersect1d(docs, train_docs, assume_unique=True).astype(np.int32)
+    if kept.size == 0:
+        raise GMError(
+            f"{args.gm_selection}: none of its documents lies in the training split (--split {args.split})"
+        )
+    if kept.size < docs.size:
+        _print_rank_0(
+            f"megatron-gm: {docs.size - kept.size} of {docs.size} selected documents lie in the validation/test "
+            "split and are not trained on"
+        )
+    config = dataclasses.replace(
+        train_ds.config, random_seed=stage_seed(args.seed, args.gm_stage), path_to_cache=""
+    )
+    stage_ds = GPTDataset(train_ds.dataset, train_ds.dataset_path, kept, None, Split.train, config)
+    if len(stage_ds) == 0:
+        raise GMError(f"{args.gm_selection}: the selected documents hold fewer tokens than one sequence")
+    _print_rank_0(
+        f"megatron-gm: stage {args.gm_stage} trains on {kept.size} selected documents, {len(stage_ds)} samples a "
+        f"pass, iterations {args.gm_stage_start_iter}..{args.gm_stage_end_iter or args.train_iters}"
+    )
+    return stage_ds
+
+
+def stage_loader(stage_ds, args, consumed_samples: int):
+    """A torch DataLoader over the stage dataset driven by the SelectionSampler."""
+    import torch
+    from megatron.core import mpu
+
+    from megatron_gm.sampler import SamplerConfig, SelectionSampler
+
+    start = args.gm_stage_start_iter * args.global_batch_size
+    end_iter = args.gm_stage_end_iter or args.train_iters
+    cfg = SamplerConfig(
+        samples_per_pass=len(stage_ds),
+        seed=args.seed,
+        stage=args.gm_stage,
+        micro_batch_size=args.micro_batch_size,
+        data_parallel_size=mpu.get_data_parallel_world_size(),
+        data_parallel_rank=mpu.get_data_parallel_rank(),
+    )
+    if consumed_samples < start:
+        raise GMError(
+            f"the loaded checkpoint is at sample {consumed_samples}, before stage {args.gm_stage} starts "
+            f"(iteration {args.gm_stage_start_iter}); load the previous stage's final checkpoint"
+        )
+    sampler = SelectionSampler(
+        cfg, consumed_samples - start, (end_iter - args.gm_stage_start_iter) * args.global_batch_size
+    )
+    loader = torch.utils.data.DataLoader(
+        stage_ds,
+        batch_sampler=sampler,
+        num_workers=args.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=args.num_workers > 0,
+    )
+    return loader, sampler
+
+
+# -- recording --------------------------------------------------------------------------------
+
+
+def _should_record() -> bool:
+    """One recorder per data-parallel rank: TP rank 0 of the first pipeline stage, first loader only."""
+    from megatron.core import mpu
+
+    if _installed.get("recording"):
+        return False
+    if mpu.get_tensor_model_parallel_rank() != 0 or not mpu.is_pipeline_first_stage(ignore_virtual=True):
+        return False
+    _installed["recording"] = True
+    return True
+
+
+def sample_documents(dataset, index: int) -> list[int]:
+    """Document ids (into the indexed dataset) that GPTDataset sample ``index`` is cut from."""
+    s = int(dataset.shuffle_index[index])
+    beg, end = int(dataset.sample_index[s][0]), int(dataset.sample_index[s + 1][0])
+    return [int(d) for d in dataset.document_index[beg : end + 1]]
+
+
+class RecordingLoader:
+    """Iterates a loader and appends one JSON line per sample the training loop takes."""
+
+    def __init__(self, loader, sampler, dataset, args, consumed_samples: int, selected: bool):
+        from megatron.core import mpu
+        from megatron.training import get_args  # noqa: F401 - megatron must be initialised here
+
+        self.loader = loader
+        self.sampler = sampler
+        self.dataset = dataset
+        self.path = args.gm_record_samples
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.dp_rank = mpu.get_data_parallel_rank()
+        self.stage = args.gm_stage
+        self.gbs = args.global_batch_size
+        self.selected = selected
+        self.stage_start = args.gm_stage_start_iter * args.global_batch_size if selected else 0
+        self.consumed = consumed_samples
+        self.mbs = args.micro_batch_size
+        self.dp = mpu.get_data_parallel_world_size()
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            for j, batch in enumerate(self.loader):
+                os.write(fd, self._lines(j).encode())
+                yield batch
+        finally:
+            os.close(fd)
+
+    def _lines(self, j: int) -> str:
+        if self.selected:
+            start, _ = self.sampler.batch_positions(j)
+            indices = self.sampler.batch(j)
+        else:  # Megatron's sampler: positions are sample indices from consumed_samples on
+            start = self.consumed + j * self.mbs * self.dp + self.dp_rank * self.mbs
+            indices = list(range(start, start + self.mbs))
+        out = []
+        for i, sample in enumerate(indices):
+            pos = start + i
+            global_sample = self.stage_start + pos
+            out.append(
+                json.dumps(
+                    {
+                        "rank": self.rank,
+                        "dp_rank": self.dp_rank,
+                        "stage": self.stage,
+                        "step": global_sample // self.gbs,
+                        "pos": pos,
+                        "sample": int(sample),
+                        "selected": self.selected,
+                        "docs": sample_documents(self.dataset, int(sample)),
+                    }
+                )
+            )
+        return "\n".join(out) + "\n"
+
+
+def _print_rank_0(msg: str) -> None:
+    import torch
+
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(msg, flush=True)
