@@ -192,8 +192,11 @@ def _check_idx_matches(prefix: str, num_docs: int) -> None:
         )
 
 
-def validate_gm_args(args) -> None:
-    """Check the ``--gm-*`` flags against Megatron's (after its validate_args); set derived fields."""
+def validate_gm_args(args, for_training: bool = True) -> None:
+    """Check the ``--gm-*`` flags against Megatron's (after its validate_args); set derived fields.
+
+    ``for_training=False`` (in-process tools that only load a stage) does not ask for ``--save``.
+    """
     staged = bool(args.gm_stage_iters)
     if (staged or args.gm_selection) and args.train_iters is None:
         raise GMError("--gm-stage-iters/--gm-selection need iteration-based training: pass --train-iters")
@@ -201,7 +204,7 @@ def validate_gm_args(args) -> None:
         raise GMError("--gm-stage-iters/--gm-selection need a fixed batch size: drop --rampup-batch-size")
     if staged and getattr(args, "phase_transition_iterations", None):
         raise GMError("--gm-stage-iters replaces --phase-transition-iterations: pass only one of them")
-    if staged and not args.save:
+    if staged and for_training and not args.save:
         raise GMError(
             "--gm-stage-iters needs --save: a stage ends by saving the checkpoint the next one loads"
         )

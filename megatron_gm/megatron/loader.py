@@ -27,6 +27,7 @@ from megatron_gm.errors import GMError
 from megatron_gm.megatron.args import add_gm_args, load_stage_selection, validate_gm_args
 
 _installed: dict = {}
+_mode = {"for_training": True}  # runtime.py sets False: loading a stage in-process needs no --save
 
 
 def install(cpu_shim: bool | None = None) -> None:
@@ -63,7 +64,7 @@ def install(cpu_shim: bool | None = None) -> None:
 def run_gm_validation(args) -> None:
     """validate_gm_args with a one-line error and exit code 2 instead of a traceback."""
     try:
-        validate_gm_args(args)
+        validate_gm_args(args, for_training=_mode["for_training"])
     except GMError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
