@@ -1,0 +1,242 @@
+"""The configuration of one multi-stage Group-MATES run: sizes of every phase and how each is launched.
+
+A preset (presets.py) fills every field; ``--set section.field=value`` overrides any of them. The config
+is saved with the run (``OUT/config.json``); a rerun on the same folder must use the same config, except
+``stages`` and ``random_twin``, which may grow (the loop continues from what is done).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import typing
+from pathlib import Path
+from typing import Any
+
+from megatron_gm.errors import GMError
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The GPT (Megatron flags of the same names)."""
+
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    ffn_hidden_size: int = 256
+    seq_length: int = 128
+    vocab_size: int = 8192  # for the FLOPs estimate; the tokenizer decides the real one
+
+    def args(self) -> list[str]:
+        return [
+            "--num-layers", str(self.num_layers),
+            "--hidden-size", str(self.hidden_size),
+            "--num-attention-heads", str(self.num_attention_heads),
+            "--ffn-hidden-size", str(self.ffn_hidden_size),
+            "--seq-length", str(self.seq_length),
+            "--max-position-embeddings", str(self.seq_length),
+        ]  # fmt: skip
+
+    def params(self) -> int:
+        """Parameters, embeddings included (tied output layer)."""
+        h, f, L = self.hidden_size, self.ffn_hidden_size, self.num_layers
+        per_layer = 4 * h * h + 2 * h * f + 9 * h + f
+        return L * per_layer + self.vocab_size * h + self.seq_length * h + 2 * h
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Pretraining: Megatron's own flags; every stage runs ``stage_iters`` iterations."""
+
+    stage_iters: int = 100
+    micro_batch_size: int = 4
+    global_batch_size: int = 8
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 10
+    save_interval: int = 50
+    eval_interval: int = 50
+    eval_iters: int = 4
+    log_interval: int = 10
+    seed: int = 1234
+    extra_args: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class OracleConfig:
+    """Oracle collection from each stage checkpoint (tools/collect_oracle.py)."""
+
+    trajectories: int = 64
+    traj_len: int = 10
+    ref_path: str = ""  # default: the bundled WikiText-103 reference set
+    ref_max_examples: int = 32
+    seed: int = 1234
+    extra_args: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class InfluenceConfig:
+    """The relational influence model (tools/train_influence_model.py)."""
+
+    mode: str = "fast"
+    epochs: int = 0  # 0: the tool's default for the mode
+    chunk_len: int = 0
+    max_chunks: int = 0
+    seed: int = 1234
+    extra_args: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class SelectConfig:
+    """Cluster-based selection (tools/select_data.py)."""
+
+    method: str = "group"
+    ratio: float = 0.5
+    num_clusters: int = 0  # 0: the tool's default (about 3,000 documents a cluster)
+    kmeans_iters: int = 20
+    seed: int = 1234
+    extra_args: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class LaunchConfig:
+    """Processes and Slurm resources per phase."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: CPU; the Slurm scripts then start nproc_per_node processes
+    nproc_per_node: int = 1  # torchrun processes per node (pretrain, oracle, influence)
+    select_ranks: int = 1  # MPI ranks of the selection (one task per rank)
+    threads: int = 1  # CPU threads per process (torch, BLAS, faiss)
+    cpus_per_task: int = 0  # Slurm --cpus-per-task (0: threads * processes on the node)
+    partition: str = ""
+    account: str = ""
+    time_pretrain: str = "01:00:00"
+    time_oracle: str = "01:00:00"
+    time_influence: str = "01:00:00"
+    time_select: str = "01:00:00"
+    signal_seconds: int = 120  # Slurm sends SIGUSR1 this long before the time limit: save, requeue
+    sbatch_args: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    preset: str = "tiny"
+    stages: int = 2
+    random_twin: bool = True
+    data_path: str = ""  # Megatron dataset prefix of the candidate pool (with its .gm.json sidecar)
+    tokenizer_type: str = "GPTSentencePieceTokenizer"
+    tokenizer_model: str = ""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    oracle: OracleConfig = dataclasses.field(default_factory=OracleConfig)
+    influence: InfluenceConfig = dataclasses.field(default_factory=InfluenceConfig)
+    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
+    launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
+
+    # --- checks -----------------------------------------------------------------------------------
+    def validate(self, *, need_data: bool = True) -> PipelineConfig:
+        if self.stages < 1:
+            raise GMError(f"--stages must be >= 1, got {self.stages}")
+        if need_data:
+            if not self.data_path:
+                raise GMError("no --data-path: pass the Megatron dataset prefix of the pool")
+            sidecar = Path(f"{self.data_path}.gm.json")
+            if not sidecar.is_file():
+                raise GMError(
+                    f"{sidecar}: not found; preprocess the pool with tools/preprocess_data.py "
+                    "(or register it with tools/register_dataset.py)"
+                )
+            if self.tokenizer_model and not Path(self.tokenizer_model).is_file():
+                raise GMError(f"{self.tokenizer_model}: tokenizer model not found; pass --tokenizer-model")
+        m, t, L = self.model, self.train, self.launch
+        for name, v in (
+            ("model.num_layers", m.num_layers), ("model.hidden_size", m.hidden_size),
+            ("model.seq_length", m.seq_length), ("train.stage_iters", t.stage_iters),
+            ("train.micro_batch_size", t.micro_batch_size), ("oracle.trajectories", self.oracle.trajectories),
+            ("oracle.traj_len", self.oracle.traj_len), ("launch.nodes", L.nodes),
+            ("launch.nproc_per_node", L.nproc_per_node), ("launch.select_ranks", L.select_ranks),
+            ("launch.threads", L.threads),
+        ):  # fmt: skip
+            if v < 1:
+                raise GMError(f"{name} must be >= 1, got {v}")
+        if m.hidden_size % m.num_attention_heads:
+            raise GMError(
+                f"model.hidden_size {m.hidden_size} is not a multiple of the heads {m.num_attention_heads}"
+            )
+        if t.global_batch_size % t.micro_batch_size:
+            raise GMError("train.global_batch_size must be a multiple of train.micro_batch_size")
+        if not 0 < self.select.ratio <= 1:
+            raise GMError(f"select.ratio must be in (0, 1], got {self.select.ratio}")
+        if self.influence.mode not in ("fast", "full"):
+            raise GMError(f"influence.mode must be fast or full, got {self.influence.mode!r}")
+        return self
+
+    # --- (de)serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
+        cfg = cls()
+        for key, value in d.items():
+            if not hasattr(cfg, key):
+                continue
+            cur = getattr(cfg, key)
+            if dataclasses.is_dataclass(cur):
+                known = {f.name for f in dataclasses.fields(cur)}
+                setattr(cfg, key, type(cur)(**{k: v for k, v in value.items() if k in known}))
+            else:
+                setattr(cfg, key, value)
+        return cfg
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change between a run and its continuation (not stages, twin or launch)."""
+        d = self.to_dict()
+        for k in ("stages", "random_twin", "launch", "preset"):
+            d.pop(k)
+        return d
+
+    def override(self, assignment: str) -> None:
+        """Apply one ``section.field=value`` (or ``field=value``) from ``--set``."""
+        key, sep, raw = assignment.partition("=")
+        if not sep:
+            raise GMError(f"--set {assignment!r}: expected section.field=value, e.g. train.stage_iters=50")
+        obj: Any = self
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+                raise GMError(f"--set {key}: no section {p!r}; sections: {', '.join(_sections(self))}")
+            obj = getattr(obj, p)
+        name = parts[-1]
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if name not in fields or dataclasses.is_dataclass(getattr(obj, name)):
+            raise GMError(f"--set {key}: unknown field; known: {', '.join(sorted(fields))}")
+        hints = typing.get_type_hints(type(obj))
+        setattr(obj, name, _parse(hints[name], raw, key))
+
+
+def _sections(cfg: PipelineConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+
+
+def _parse(kind: Any, raw: str, key: str) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if typing.get_origin(kind) is list:
+            return shlex.split(raw)
+        return raw
+    except ValueError as e:
+        raise GMError(f"--set {key}={raw}: not a valid {getattr(kind, '__name__', kind)}") from e

@@ -1,0 +1,243 @@
+"""The plan: every phase of every stage, its command line, its dependencies and its outputs.
+
+Layout of a run folder ``OUT`` (every job writes only under its own stage folder):
+
+    OUT/config.json, OUT/state.json, OUT/logs/<phase>.log, OUT/report.{txt,json}
+    OUT/stage{s}/checkpoints     Megatron checkpoints of stage s (loads stage{s-1}'s at first start)
+    OUT/stage{s}/oracle          oracle store collected from stage s's checkpoint
+    OUT/stage{s}/influence       influence model trained on that store
+    OUT/stage{s}/selection       what stage s trains on (made from stage s-1's model), + .scores
+    OUT/random/stage{s}/...      the random-selection twin (same budget), from stage 1 on
+
+Phase names are ``[random.]stage{s}.{kind}``; kinds are pretrain, oracle, influence, select. The same
+``Phase`` drives the local executor (local.py) and the Slurm driver (slurm.py): both run the tool with
+exactly these arguments, so their artifacts are the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+
+from megatron_gm.pipeline.config import PipelineConfig
+
+# kind -> (entry point relative to the repository root, launcher, sbatch script)
+TOOLS = {
+    "pretrain": ("pretrain_gpt_gm.py", "torchrun", "slurm/pretrain_stage.sbatch"),
+    "oracle": ("tools/collect_oracle.py", "torchrun", "slurm/collect_oracle.sbatch"),
+    "influence": ("tools/train_influence_model.py", "torchrun", "slurm/train_influence.sbatch"),
+    "select": ("tools/select_data.py", "mpi", "slurm/select_data.sbatch"),
+}
+
+DEFAULT_REF = "ref_wikitext103_valid.jsonl.gz"
+
+
+@dataclasses.dataclass
+class Phase:
+    name: str
+    kind: str
+    stage: int
+    branch: str  # "main" or "random"
+    tool: str  # relative to the repository root
+    args: list[str]  # the tool's arguments (no launcher)
+    deps: list[str]
+    launcher: str  # "torchrun": one launcher per node; "mpi": one process per rank
+    nodes: int
+    procs_per_node: int  # torchrun workers per node, or MPI ranks per node
+    threads: int
+    time_limit: str
+    script: str  # the sbatch script
+    outputs: dict[str, str]  # name -> absolute path
+    complete_marker: str = ""  # a file whose presence means the phase's artifact is complete
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # GM_* variables the phase needs
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    def command(self) -> str:
+        return shlex.join([self.tool, *self.args])
+
+
+def load_dir(phase: Phase) -> str:
+    """Where a pretraining stage loads from: its own checkpoints once it has saved (a resumed or requeued
+    run), else the previous stage's (its own, still empty, for stage 0). The sbatch script does the same."""
+    own, init = phase.env.get("GM_CKPT_DIR", ""), phase.env.get("GM_INIT_CKPT", "")
+    if init and not (Path(own) / "latest_checkpointed_iteration.txt").is_file():
+        return init
+    return own
+
+
+def phase_name(branch: str, stage: int, kind: str) -> str:
+    return f"{'random.' if branch == 'random' else ''}stage{stage}.{kind}"
+
+
+def _data_args(cfg: PipelineConfig) -> list[str]:
+    args = ["--data-path", cfg.data_path, "--tokenizer-type", cfg.tokenizer_type]
+    if cfg.tokenizer_model:
+        args += ["--tokenizer-model", cfg.tokenizer_model]
+    return args
+
+
+def _cpu_args(cfg: PipelineConfig) -> list[str]:
+    """Megatron flags for machines without a GPU (STACK.md): gloo, local layers, no fused kernels."""
+    if cfg.launch.gpus_per_node > 0:
+        return []
+    return [
+        "--distributed-backend", "gloo", "--transformer-impl", "local", "--no-persist-layer-norm",
+        "--no-gradient-accumulation-fusion", "--no-masked-softmax-fusion", "--no-bias-gelu-fusion",
+        "--no-bias-dropout-fusion", "--no-rope-fusion",
+    ]  # fmt: skip
+
+
+def _megatron_model_args(cfg: PipelineConfig) -> list[str]:
+    return [*cfg.model.args(), *_data_args(cfg), "--seed", str(cfg.train.seed), *_cpu_args(cfg)]
+
+
+def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path | None) -> list[str]:
+    t = cfg.train
+    total = cfg.stages * t.stage_iters
+    args = [
+        *_megatron_model_args(cfg),
+        "--micro-batch-size", str(t.micro_batch_size),
+        "--global-batch-size", str(t.global_batch_size),
+        "--train-iters", str((stage + 1) * t.stage_iters),
+        "--lr", str(t.lr), "--min-lr", str(t.min_lr),
+        "--lr-decay-style", "cosine", "--lr-decay-iters", str(total), "--lr-warmup-iters", str(t.warmup_iters),
+        "--weight-decay", "0.1", "--clip-grad", "1.0",
+        "--split", "98,2,0",
+        "--save", str(ckpt), "--save-interval", str(t.save_interval),
+        "--eval-interval", str(t.eval_interval), "--eval-iters", str(t.eval_iters),
+        "--log-interval", str(t.log_interval),
+        "--exit-signal-handler",
+        "--gm-stage", str(stage), "--gm-stage-iters", str(t.stage_iters),
+    ]  # fmt: skip
+    if selection is not None:
+        args += ["--gm-selection", str(selection)]
+    return args + list(t.extra_args)
+
+
+def oracle_args(cfg: PipelineConfig, stage: int, ckpt: Path, out: Path, ref: str) -> list[str]:
+    o = cfg.oracle
+    args = [
+        *_megatron_model_args(cfg),
+        "--micro-batch-size", "1",
+        "--load", str(ckpt),
+        "--gm-stage", str(stage),
+        "--gm-oracle-trajectories", str(o.trajectories),
+        "--gm-oracle-traj-len", str(o.traj_len),
+        "--gm-oracle-ref", ref,
+        "--gm-oracle-ref-max-examples", str(o.ref_max_examples),
+        "--gm-oracle-seed", str(o.seed),
+        "--gm-oracle-output", str(out),
+    ]  # fmt: skip
+    return args + list(o.extra_args)
+
+
+def influence_args(cfg: PipelineConfig, oracle: Path, out: Path) -> list[str]:
+    i = cfg.influence
+    args = [
+        "--data-path", cfg.data_path, "--oracle", str(oracle), "--output", str(out),
+        "--mode", i.mode, "--seed", str(i.seed), "--threads", str(cfg.launch.threads), "--no-progress",
+    ]  # fmt: skip
+    for flag, v in (("--epochs", i.epochs), ("--chunk-len", i.chunk_len), ("--max-chunks", i.max_chunks)):
+        if v:
+            args += [flag, str(v)]
+    return args + list(i.extra_args)
+
+
+def select_args(
+    cfg: PipelineConfig, stage: int, out: Path, *, model: Path | None, scores_from: Path | None, method: str
+) -> list[str]:
+    s = cfg.select
+    args = ["--data-path", cfg.data_path]
+    if scores_from is not None:
+        args += ["--scores-from", str(scores_from)]
+    else:
+        args += ["--gm-influence-model", str(model)]
+    args += [
+        "--gm-select-method", method, "--gm-select-ratio", repr(float(s.ratio)),
+        "--gm-kmeans-iters", str(s.kmeans_iters), "--seed", str(s.seed),
+        "--gm-stage", str(stage), "--output", str(out),
+        "--threads", str(cfg.launch.threads), "--no-progress",
+    ]  # fmt: skip
+    if s.num_clusters:
+        args += ["--gm-num-clusters", str(s.num_clusters)]
+    return args + list(s.extra_args)
+
+
+def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list[Phase]:
+    """Every phase in dependency order. ``ref_path``: the oracle's reference set (default bundled)."""
+    out = Path(out).resolve()
+    L = cfg.launch
+    ref = cfg.oracle.ref_path or ref_path
+    phases: list[Phase] = []
+
+    def add(kind: str, branch: str, stage: int, args: list[str], deps: list[str], outputs: dict[str, Path],
+            marker: Path | None = None, env: dict[str, str] | None = None) -> str:  # fmt: skip
+        tool, launcher, script = TOOLS[kind]
+        if launcher == "mpi":
+            nodes, per_node = 1 if L.select_ranks <= 1 else L.nodes, max(1, L.select_ranks // max(1, L.nodes))
+            if L.select_ranks % per_node or nodes * per_node != L.select_ranks:
+                nodes, per_node = 1, L.select_ranks
+        else:
+            nodes, per_node = L.nodes, L.nproc_per_node
+        name = phase_name(branch, stage, kind)
+        phases.append(
+            Phase(
+                name=name, kind=kind, stage=stage, branch=branch, tool=tool, args=args, deps=deps,
+                launcher=launcher, nodes=nodes, procs_per_node=per_node, threads=L.threads,
+                time_limit=getattr(L, f"time_{kind}"), script=script,
+                outputs={k: str(v) for k, v in outputs.items()},
+                complete_marker=str(marker) if marker else "", env=env or {},
+            )
+        )  # fmt: skip
+        return name
+
+    prev_pretrain = ""
+    for s in range(cfg.stages):
+        d = out / f"stage{s}"
+        ckpt = d / "checkpoints"
+        sel = d / "selection" if s > 0 else None
+        deps = [phase_name("main", s, "select")] if s > 0 else []
+        env = {
+            "GM_CKPT_DIR": str(ckpt),
+            "GM_INIT_CKPT": str(out / f"stage{s - 1}" / "checkpoints") if s else "",
+        }
+        prev_pretrain = add(
+            "pretrain", "main", s, pretrain_args(cfg, s, ckpt, sel), deps + ([prev_pretrain] if s else []),
+            {"checkpoints": ckpt}, env=env,
+        )  # fmt: skip
+        if s == cfg.stages - 1:
+            break
+        oracle = add("oracle", "main", s, oracle_args(cfg, s, ckpt, d / "oracle", ref), [prev_pretrain],
+                     {"oracle": d / "oracle"})  # fmt: skip
+        model = d / "influence"
+        infl = add("influence", "main", s, influence_args(cfg, d / "oracle", model), [oracle],
+                   {"influence": model}, marker=model / "manifest.json")  # fmt: skip
+        nxt = out / f"stage{s + 1}" / "selection"
+        add("select", "main", s + 1,
+            select_args(cfg, s + 1, nxt, model=model, scores_from=None, method=cfg.select.method),
+            [infl], {"selection": nxt}, marker=nxt / "manifest.json")  # fmt: skip
+
+    if cfg.random_twin and cfg.stages > 1:
+        prev = phase_name("main", 0, "pretrain")
+        prev_ckpt = out / "stage0" / "checkpoints"
+        for s in range(1, cfg.stages):
+            d = out / "random" / f"stage{s}"
+            sel = d / "selection"
+            main_sel = out / f"stage{s}" / "selection"
+            scores = Path(f"{main_sel}.scores")
+            pick = add("select", "random", s,
+                       select_args(cfg, s, sel, model=None, scores_from=scores, method="random"),
+                       [phase_name("main", s, "select")], {"selection": sel}, marker=sel / "manifest.json")  # fmt: skip
+            ckpt = d / "checkpoints"
+            prev = add("pretrain", "random", s, pretrain_args(cfg, s, ckpt, sel), [pick, prev],
+                       {"checkpoints": ckpt}, env={"GM_CKPT_DIR": str(ckpt), "GM_INIT_CKPT": str(prev_ckpt)})  # fmt: skip
+            prev_ckpt = ckpt
+    return phases
+
+
+def by_name(phases: list[Phase]) -> dict[str, Phase]:
+    return {p.name: p for p in phases}

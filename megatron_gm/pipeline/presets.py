@@ -1,0 +1,97 @@
+"""Named sizes for the whole loop. ``tiny`` is the CPU quickstart; ``small``..``large`` are GPU runs.
+
+``test`` is smaller still: the end-to-end tests run it on a slice of the pool in seconds per phase.
+The GPU presets follow the paper's DCLM scales (400M-4x, 1B-1x) in spirit; adjust with ``--set``.
+"""
+
+from __future__ import annotations
+
+from megatron_gm.errors import GMError
+from megatron_gm.pipeline.config import (
+    InfluenceConfig,
+    LaunchConfig,
+    ModelConfig,
+    OracleConfig,
+    PipelineConfig,
+    SelectConfig,
+    TrainConfig,
+)
+
+
+def _test() -> PipelineConfig:
+    return PipelineConfig(
+        preset="test",
+        stages=2,
+        random_twin=False,
+        model=ModelConfig(num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64, seq_length=64),
+        train=TrainConfig(
+            stage_iters=8, micro_batch_size=2, global_batch_size=2, lr=1e-3, min_lr=1e-4, warmup_iters=2,
+            save_interval=4, eval_interval=8, eval_iters=1, log_interval=4,
+        ),
+        oracle=OracleConfig(trajectories=8, traj_len=3, ref_max_examples=4),
+        influence=InfluenceConfig(mode="fast", epochs=3, chunk_len=64, max_chunks=1),
+        select=SelectConfig(ratio=0.5, num_clusters=2, kmeans_iters=5),
+        launch=LaunchConfig(threads=1),
+    )  # fmt: skip
+
+
+def _tiny() -> PipelineConfig:
+    return PipelineConfig(
+        preset="tiny",
+        stages=2,
+        random_twin=True,
+        model=ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256, seq_length=128),
+        train=TrainConfig(
+            stage_iters=150, micro_batch_size=8, global_batch_size=8, lr=2e-3, min_lr=2e-4, warmup_iters=10,
+            save_interval=50, eval_interval=50, eval_iters=8, log_interval=25,
+        ),
+        oracle=OracleConfig(trajectories=96, traj_len=10, ref_max_examples=32),
+        influence=InfluenceConfig(mode="fast", chunk_len=128, max_chunks=1),
+        select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=20),
+        launch=LaunchConfig(threads=2),
+    )  # fmt: skip
+
+
+def _gpu(
+    name: str, layers: int, hidden: int, heads: int, seq: int, iters: int, gbs: int, nodes: int
+) -> PipelineConfig:
+    return PipelineConfig(
+        preset=name,
+        stages=4,
+        random_twin=False,
+        model=ModelConfig(
+            num_layers=layers, hidden_size=hidden, num_attention_heads=heads, ffn_hidden_size=4 * hidden,
+            seq_length=seq, vocab_size=50304,
+        ),
+        train=TrainConfig(
+            stage_iters=iters, micro_batch_size=8, global_batch_size=gbs, lr=3e-3 if hidden <= 1024 else 2e-3,
+            min_lr=3e-5, warmup_iters=min(2000, iters // 2), save_interval=1000, eval_interval=1000,
+            eval_iters=20, log_interval=50,
+        ),
+        oracle=OracleConfig(trajectories=20000, traj_len=10, ref_max_examples=128),
+        influence=InfluenceConfig(mode="full", epochs=5),
+        select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=100),
+        launch=LaunchConfig(
+            nodes=nodes, gpus_per_node=8, nproc_per_node=8, select_ranks=8 * nodes, threads=8,
+            cpus_per_task=0, time_pretrain="24:00:00", time_oracle="12:00:00", time_influence="06:00:00",
+            time_select="06:00:00",
+        ),
+    )  # fmt: skip
+
+
+PRESETS = {
+    "test": _test,
+    "tiny": _tiny,
+    # ~125M on one 8-GPU node, 4 stages of 5k iterations at 256 x 1024 tokens (~5B tokens)
+    "small": lambda: _gpu("small", 12, 768, 12, 1024, 5000, 256, 1),
+    # ~400M (the paper's 400M-4x scale), 2 nodes
+    "medium": lambda: _gpu("medium", 24, 1024, 16, 2048, 8000, 512, 2),
+    # ~1.3B (1B-1x), 4 nodes
+    "large": lambda: _gpu("large", 24, 2048, 16, 2048, 6000, 1024, 4),
+}
+
+
+def preset(name: str) -> PipelineConfig:
+    if name not in PRESETS:
+        raise GMError(f"unknown --preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

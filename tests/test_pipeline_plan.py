@@ -1,0 +1,225 @@
+"""The plan, presets, config checks, state file and dry-run (no phase runs here)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_gm.errors import GMError
+from megatron_gm.pipeline.cli import main as cli_main
+from megatron_gm.pipeline.config import PipelineConfig
+from megatron_gm.pipeline.estimate import estimate_plan
+from megatron_gm.pipeline.plan import build_plan, by_name, load_dir
+from megatron_gm.pipeline.presets import PRESETS, preset
+from megatron_gm.pipeline.run import open_run
+from megatron_gm.pipeline.state import RunState
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_plan_chains_stages_and_twin(tmp_path):
+    cfg = preset("tiny")
+    cfg.stages, cfg.data_path = 3, "/data/pool_text_document"
+    phases = build_plan(cfg, tmp_path, "/ref.jsonl")
+    names = [p.name for p in phases]
+    assert names == [
+        "stage0.pretrain", "stage0.oracle", "stage0.influence", "stage1.select",
+        "stage1.pretrain", "stage1.oracle", "stage1.influence", "stage2.select", "stage2.pretrain",
+        "random.stage1.select", "random.stage1.pretrain", "random.stage2.select", "random.stage2.pretrain",
+    ]  # fmt: skip
+    seen: set[str] = set()
+    for p in phases:  # dependency order: every dependency comes earlier
+        assert set(p.deps) <= seen, p.name
+        seen.add(p.name)
+    ph = by_name(phases)
+    out = tmp_path.resolve()
+    # each stage's outputs live in its own folder; a stage trains on the selection made for it
+    assert _arg(ph["stage0.oracle"].args, "--load") == str(out / "stage0" / "checkpoints")
+    assert _arg(ph["stage0.influence"].args, "--oracle") == str(out / "stage0" / "oracle")
+    assert _arg(ph["stage1.select"].args, "--gm-influence-model") == str(out / "stage0" / "influence")
+    assert _arg(ph["stage1.select"].args, "--output") == str(out / "stage1" / "selection")
+    assert _arg(ph["stage1.pretrain"].args, "--gm-selection") == str(out / "stage1" / "selection")
+    assert "--gm-selection" not in ph["stage0.pretrain"].args
+    assert [_arg(ph[f"stage{s}.pretrain"].args, "--train-iters") for s in range(3)] == ["150", "300", "450"]
+    assert ph["stage2.pretrain"].env["GM_INIT_CKPT"] == str(out / "stage1" / "checkpoints")
+    # the twin: random pick from the main run's scores (same clusters and budget), its own checkpoints
+    tw = ph["random.stage2.select"]
+    assert _arg(tw.args, "--gm-select-method") == "random"
+    assert _arg(tw.args, "--scores-from") == str(out / "stage2" / "selection.scores")
+    assert tw.deps == ["stage2.select"]
+    assert ph["random.stage1.pretrain"].env["GM_INIT_CKPT"] == str(out / "stage0" / "checkpoints")
+    assert ph["random.stage2.pretrain"].env["GM_INIT_CKPT"] == str(out / "random" / "stage1" / "checkpoints")
+    assert set(ph["random.stage2.pretrain"].deps) == {"random.stage2.select", "random.stage1.pretrain"}
+    # artifacts that are complete once their manifest exists
+    assert ph["stage1.select"].complete_marker == str(out / "stage1" / "selection" / "manifest.json")
+
+
+def test_one_stage_is_just_pretraining(tmp_path):
+    cfg = preset("test")
+    cfg.stages = 1
+    assert [p.name for p in build_plan(cfg, tmp_path)] == ["stage0.pretrain"]
+
+
+def test_load_dir_prefers_own_checkpoint(tmp_path):
+    cfg = preset("test")
+    ph = by_name(build_plan(cfg, tmp_path))["stage1.pretrain"]
+    own, prev = Path(ph.env["GM_CKPT_DIR"]), Path(ph.env["GM_INIT_CKPT"])
+    assert load_dir(ph) == str(prev)  # first start: the previous stage's checkpoint
+    own.mkdir(parents=True)
+    (own / "latest_checkpointed_iteration.txt").write_text("12")
+    assert load_dir(ph) == str(own)  # requeued / resumed: its own
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_validate(name):
+    preset(name).validate(need_data=False)
+
+
+@pytest.mark.parametrize(
+    "assignment, match",
+    [
+        ("train.stage_iters", "expected section.field=value"),
+        ("nope.x=1", "no section 'nope'"),
+        ("train.nope=1", "unknown field"),
+        ("train.stage_iters=ten", "not a valid int"),
+        ("random_twin=maybe", "not a valid bool"),
+    ],
+)
+def test_bad_overrides(assignment, match):
+    with pytest.raises(GMError, match=match):
+        preset("tiny").override(assignment)
+
+
+def test_overrides_and_validation():
+    cfg = preset("tiny")
+    cfg.override("train.stage_iters=7")
+    cfg.override("select.ratio=0.25")
+    cfg.override("train.extra_args=--foo 1 --bar")
+    cfg.override("random_twin=no")
+    assert (cfg.train.stage_iters, cfg.select.ratio, cfg.random_twin) == (7, 0.25, False)
+    assert cfg.train.extra_args == ["--foo", "1", "--bar"]
+    cfg.override("select.ratio=1.5")
+    with pytest.raises(GMError, match="select.ratio"):
+        cfg.validate(need_data=False)
+    cfg = preset("tiny")
+    with pytest.raises(GMError, match="no --data-path"):
+        cfg.validate()
+    cfg.data_path = "/nonexistent/pool_text_document"
+    with pytest.raises(GMError, match="preprocess the pool"):
+        cfg.validate()
+
+
+def test_run_folder_refuses_another_config(tmp_path):
+    cfg = preset("test")
+    open_run(tmp_path / "run", cfg)
+    open_run(tmp_path / "run", cfg)  # same config: continues
+    cfg2 = preset("test")
+    cfg2.random_twin = True  # the twin may be switched on later
+    open_run(tmp_path / "run", cfg2)
+    cfg2.train.lr = 0.5
+    with pytest.raises(GMError, match="another config.*train.lr"):
+        open_run(tmp_path / "run", cfg2)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("x")
+    with pytest.raises(GMError, match="not a pipeline run"):
+        open_run(tmp_path / "other", cfg)
+
+
+def test_state_transitions(tmp_path):
+    st = RunState(tmp_path / "state.json")
+    assert st.status("a") == "pending" and not st.is_done("a")
+    st.submitted("a", "17")
+    st.begin("a", "17")
+    st.end("a", "interrupted", 143)
+    st.begin("a", "17")
+    st.end("a", "done")
+    rec = st.phases()["a"]
+    assert rec["status"] == "done" and rec["attempts"] == 2 and rec["job_id"] == "17"
+    assert rec["seconds"] >= rec["last_seconds"] >= 0
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(GMError, match="corrupt state file"):
+        st.status("a")
+
+
+def _hammer(path: str, worker: int, n: int) -> None:
+    st = RunState(path)
+    for i in range(n):
+        st.begin(f"p{i % 3}")
+        st.end(f"p{i % 3}", "done")
+
+
+def test_state_updates_from_many_processes_are_not_lost(tmp_path):
+    path = str(tmp_path / "state.json")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(path, w, 30)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    phases = RunState(path).phases()
+    assert sum(r["attempts"] for r in phases.values()) == 4 * 30
+
+
+def test_state_cli(tmp_path):
+    f = str(tmp_path / "s.json")
+    py = [sys.executable, "-m", "megatron_gm.pipeline.state", "--file", f]
+    subprocess.run([*py, "begin", "stage0.pretrain", "--job-id", "5"], check=True, cwd=ROOT)
+    subprocess.run([*py, "done", "stage0.pretrain"], check=True, cwd=ROOT)
+    r = subprocess.run(
+        [*py, "status", "stage0.pretrain"], check=True, cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.stdout.strip() == "done"
+    assert json.loads(Path(f).read_text())["phases"]["stage0.pretrain"]["job_id"] == "5"
+
+
+def test_estimate_scales_with_work():
+    cfg = preset("small")
+    cfg.data_path = "/nonexistent"
+    base = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
+    cfg.train.stage_iters *= 2
+    cfg.oracle.trajectories *= 2
+    more = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
+    assert more["stage0.pretrain"].flops == pytest.approx(2 * base["stage0.pretrain"].flops, rel=0.05)
+    assert more["stage0.oracle"].flops == pytest.approx(2 * base["stage0.oracle"].flops)
+    assert all(e.seconds > 0 for e in base.values())
+    # a 125M model for 5k iterations of 256 x 1024 tokens: ~6 * 1.25e8 * 1.3e9 ~ 1e18 FLOPs
+    assert 5e17 < base["stage0.pretrain"].flops < 3e18
+
+
+def test_dry_run_prints_plan_and_touches_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli_main(["--preset", "small", "--stages", "3", "--mode", "slurm", "--out", str(out), "--dry-run",
+                   "--set", "launch.partition=gpu"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    for name in ("stage0.pretrain", "stage1.select", "stage2.pretrain", "stage1.oracle"):
+        assert name in text
+    assert "est. FLOPs" in text and ("EFLOP" in text or "PFLOP" in text)
+    assert "--dependency=afterok:<stage0.influence>" in text
+    assert "--partition=gpu" in text and "--gpus-per-node=8" in text and "--requeue" in text
+    assert "slurm/pretrain_stage.sbatch" in text and "--signal=B:USR1@120" in text
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["--out", str(tmp_path / "r"), "--preset", "huge"]) == 2
+    assert "unknown --preset 'huge'" in capsys.readouterr().err
+    assert cli_main(["--out", str(tmp_path / "r")]) == 2
+    assert "no --data-path" in capsys.readouterr().err
+    assert cli_main(["--out", str(tmp_path / "r"), "--report"]) == 2
+
+
+def test_from_dict_roundtrip():
+    cfg = preset("medium")
+    again = PipelineConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
