@@ -49,8 +49,10 @@ def run_select(ranks: int, args: list, threads: int) -> tuple[float, dict, str]:
     if proc.returncode != 0:
         sys.exit(f"error: select_data.py failed on {ranks} ranks:\n{proc.stderr[-3000:]}")
     line = proc.stdout.strip().splitlines()[-1]
-    phases = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", line.split("seconds:")[1])}
-    return wall, phases, line
+    wall_part, cpu_part = line.split("; seconds: ")[1].split("; CPU-seconds, all ranks: ")
+    phases = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", wall_part)}
+    cpu = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", cpu_part)}
+    return wall, {"wall": phases, "cpu_all_ranks": cpu, "loadavg_1min_after": os.getloadavg()[0]}, line
 
 
 def same_artifact(a: Path, b: Path) -> bool:
@@ -110,13 +112,18 @@ def bench_scoring(work: Path, pool: Path, n_docs: int, threads: int, batch: int)
             "--output",
             d / f"sel{ranks}",
             "--shard-size",
-            25,
+            100,
             "--micro-batch-size",
             batch,
         ]
         wall, phases, line = run_select(ranks, args, threads)
         print(line, flush=True)
-        out["runs"][ranks] = {"wall_s": wall, "phases": phases, "docs_per_s": info.num_docs / phases["score"]}
+        out["runs"][ranks] = {
+            "wall_s": wall,
+            **phases,
+            "docs_per_s": info.num_docs / phases["wall"]["score"],
+            "docs_per_cpu_s": info.num_docs / phases["cpu_all_ranks"]["score"],
+        }
     out["speedup_2_vs_1"] = out["runs"][2]["docs_per_s"] / out["runs"][1]["docs_per_s"]
     out["same_artifact"] = same_artifact(d / "sel1", d / "sel2")
     return out
@@ -185,7 +192,7 @@ def main() -> int:
     p.add_argument("--workdir", default="/tmp/bench_selection", help="scratch folder (replaced)")
     p.add_argument("--pool", default=str(ROOT.parent / "shared" / "data" / "pool_20k.jsonl.gz"))
     p.add_argument("--pool-docs", type=int, default=400, help="pool documents to score (0: skip part 1)")
-    p.add_argument("--micro-batch-size", type=int, default=16)
+    p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--synthetic-docs", type=int, default=1_000_000, help="0: skip part 2")
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--clusters", type=int, default=None, help="default: about 3,000 documents a cluster")

@@ -109,21 +109,41 @@ class Plan:
     scores: Manifest
 
 
+class Clock:
+    """Wall and CPU seconds per phase; CPU time is this process's, all threads (robust to a busy machine)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._w, self._c = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        w, c = time.perf_counter(), time.process_time()
+        self.wall[name] = self.wall.get(name, 0.0) + w - self._w
+        self.cpu[name] = self.cpu.get(name, 0.0) + c - self._c
+        self._w, self._c = w, c
+
+
 @dataclasses.dataclass
 class Summary:
     docs: int
     docs_scored: int
     clusters: int
     selected: int
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # wall, rank 0
+    cpu_seconds: dict[str, float]  # summed over ranks
 
     def line(self) -> str:
-        score_s = self.seconds.get("score", 0.0)
-        rate = f"{self.docs_scored / score_s:.1f}" if self.docs_scored and score_s > 0 else "n/a"
+        score_s, score_cpu = self.seconds.get("score", 0.0), self.cpu_seconds.get("score", 0.0)
+        rate = "n/a"
+        if self.docs_scored and score_s > 0 and score_cpu > 0:
+            rate = f"{self.docs_scored / score_s:.1f}, {self.docs_scored / score_cpu:.2f} per CPU-second"
         phases = " ".join(f"{k} {v:.2f}" for k, v in self.seconds.items())
+        cpu = " ".join(f"{k} {v:.2f}" for k, v in self.cpu_seconds.items())
         return (
             f"select_data: docs {self.docs}, scored {self.docs_scored} (docs/s {rate}), "
-            f"clusters {self.clusters}, selected {self.selected}; seconds: {phases}"
+            f"clusters {self.clusters}, selected {self.selected}; seconds: {phases}; "
+            f"CPU-seconds, all ranks: {cpu}"
         )
 
 
@@ -262,23 +282,21 @@ def deal_clusters(costs: np.ndarray, world: int) -> np.ndarray:
 
 def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     cfg.validate()
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
+    clock = Clock()
     model_box: dict[str, Any] = {}
     if cfg.scores_from is None and not comm.is_root:
         preload_model(cfg, model_box)  # while rank 0 checks the inputs
     plan: Plan = comm.root_then_bcast(lambda: prepare(cfg, model_box))
     scfg = plan.scores.config
     shards = ShardSet(cfg.scores_folder, num_shards(plan.num_docs, int(scfg["shard_size"])))
-    seconds["inputs"] = time.perf_counter() - t
+    clock.lap("inputs")
 
-    # 1. scoring (model loading on ranks > 0 is timed apart, so docs/s is scoring alone)
+    # 1. scoring
     scored = 0
     if cfg.scores_from is None:
-        scored, seconds["load"], seconds["score"] = score_phase(cfg, comm, plan, shards, model_box)
+        scored = score_phase(cfg, comm, plan, shards, model_box, clock)
 
     # 2. centroids on rank 0, broadcast
-    t = time.perf_counter()
 
     def centroids() -> np.ndarray:
         sample = kmeans_sample(plan.num_docs, plan.num_clusters, cfg.seed, cfg.kmeans_points_per_centroid)
@@ -288,20 +306,18 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
         )
 
     cents = comm.root_then_bcast(centroids)
-    seconds["cluster"] = time.perf_counter() - t
+    clock.lap("cluster")
 
     # 3. assignment, sharded
-    t = time.perf_counter()
     mine = list(range(comm.rank, shards.num_shards, comm.size))
     parts = comm.agree(lambda: {i: assign(read_shard(shards, i, scfg)["h"], cents) for i in mine})
     merged: dict[int, np.ndarray] = {}
     for p in comm.allgather(parts) if comm.size > 1 else [parts]:
         merged.update(p)
     labels = np.concatenate([merged[i] for i in range(shards.num_shards)])
-    seconds["assign"] = time.perf_counter() - t
+    clock.lap("assign")
 
     # 4. selection and gather
-    t = time.perf_counter()
     sizes = np.bincount(labels, minlength=plan.num_clusters)
     quotas = cluster_quotas(sizes, cfg.ratio)
     budget = int(quotas.sum())
@@ -315,10 +331,9 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
         gathered = comm.gather(chosen) if comm.size > 1 else [chosen]
     else:
         gathered = comm.agree(lambda: [select_global(cfg, plan, shards, budget)] if comm.is_root else None)
-    seconds["select"] = time.perf_counter() - t
+    clock.lap("select")
 
     # 5. one artifact, written by rank 0
-    t = time.perf_counter()
 
     def write() -> int:
         docs = np.sort(np.concatenate(gathered))
@@ -330,9 +345,10 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
         return int(docs.size)
 
     selected = comm.root_then_bcast(write)
-    seconds["write"] = time.perf_counter() - t
+    clock.lap("write")
     total_scored = int(comm.allreduce_sum(scored)) if comm.size > 1 else scored
-    return Summary(plan.num_docs, total_scored, plan.num_clusters, selected, seconds)
+    cpu = {k: sum(c[k] for c in comm.allgather(clock.cpu)) for k in clock.cpu} if comm.size > 1 else clock.cpu
+    return Summary(plan.num_docs, total_scored, plan.num_clusters, selected, clock.wall, cpu)
 
 
 def preload_model(cfg: SelectConfig, model_box: dict) -> None:
@@ -347,11 +363,9 @@ def preload_model(cfg: SelectConfig, model_box: dict) -> None:
         model_box["error"] = e
 
 
-def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict) -> tuple[int, float, float]:
-    """Score this rank's share of the unfinished shards: (documents scored, load seconds, score seconds)."""
+def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict, clock: Clock) -> int:
+    """Score this rank's share of the unfinished shards; returns the number of documents scored."""
     from megatron_gm.selection.scoring import score_shards
-
-    t = time.perf_counter()
 
     def setup():
         if not comm.is_root:
@@ -362,8 +376,7 @@ def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict) 
 
     comm.agree(setup)
     pending = comm.root_then_bcast(lambda: [i for i in range(shards.num_shards) if not shards.is_done(i)])
-    load_s = time.perf_counter() - t
-    t = time.perf_counter()
+    clock.lap("load")  # ranks > 0: model loading; timed apart so docs/s is scoring alone
     todo = pending[comm.rank :: comm.size]
     todo_docs = sum(hi - lo for lo, hi in (shard_range(i, plan.num_docs, cfg.shard_size) for i in todo))
     bar = progress_bar(cfg, comm, todo_docs, f"scoring (rank 0 of {comm.size})", "doc")
@@ -382,7 +395,8 @@ def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict) 
         )
     finally:
         bar.close()
-    return scored, load_s, time.perf_counter() - t
+    clock.lap("score")
+    return scored
 
 
 def select_my_clusters(cfg, comm, plan, shards, labels, sizes, quotas) -> np.ndarray:
