@@ -67,3 +67,14 @@ def write_oracle_store(folder, manifest: Manifest, shards: list[dict[str, np.nda
     s.open(manifest)
     for i, arrays in enumerate(shards):
         s.write(i, **arrays)
+
+
+def label_stats(data: OracleData) -> dict[str, float]:
+    """Spread of the labels: count, mean, std and quantiles (all positions of all trajectories)."""
+    x = data.labels.astype(np.float64).reshape(-1)
+    q = np.quantile(x, [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]) if x.size else [float("nan")] * 7
+    names = ("q01", "q10", "q25", "q50", "q75", "q90", "q99")
+    out = {"count": int(x.size), "mean": float(x.mean()) if x.size else float("nan"), "std": float(x.std())}
+    out.update({k: float(v) for k, v in zip(names, q, strict=True)})
+    out["negative_share"] = float((x < 0).mean()) if x.size else float("nan")
+    return out
