@@ -66,6 +66,6 @@ def gather_objects(obj):
 def mean_scalar(x: float) -> float:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    t = torch.tensor([x], dtype=torch.float64, device=device())
     dist.all_reduce(t)
     return float(t) / dist.get_world_size()

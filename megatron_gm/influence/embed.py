@@ -97,8 +97,8 @@ def embed_texts(
             ids, mask = pad_chunks([chunks[k] for k in part], pad_id, batch_size, model.device, length)
             out = model.cls_vectors(ids, mask)[: len(part)]
             vecs[part] = out.float().cpu().numpy()
-            if progress is not None:
-                progress.update(len(part))
+            if progress is not None:  # counted in documents (fractions while a document's chunks run)
+                progress.update(len(part) * n / len(chunks))
     owner_a = np.asarray(owner)
     starts = np.flatnonzero(np.r_[True, owner_a[1:] != owner_a[:-1]])
     sums = np.add.reduceat(vecs.astype(np.float64), starts, axis=0)
@@ -223,9 +223,8 @@ def cached_embeddings(
     bar = tqdm(total=todo, desc="embed documents", unit="doc", disable=not progress or not pending)
     for i in pending:
         part = docs[i * per_shard : (i + 1) * per_shard]
-        h = embed_texts(model, document_texts(data_path, part), batch_size)
+        h = embed_texts(model, document_texts(data_path, part), batch_size, progress=bar)
         shards.write(i, h=h, docs=part)
-        bar.update(len(part))
     bar.close()
     if on:
         dist.barrier()

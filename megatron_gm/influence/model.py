@@ -191,13 +191,22 @@ class InfluenceModel(nn.Module):
         cls = out.last_hidden_state[:, 0].float()
         return nn.functional.normalize(cls, dim=-1)
 
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """Differentiable h [n, d] for training (chunks padded to the longest in the call)."""
+    def embed(self, texts: list[str], group: int = 64) -> torch.Tensor:
+        """Differentiable h [n, d] for training. Chunks are sorted by length and run ``group`` at a time,
+        each group padded to its own longest chunk (less padding than one batch padded to the maximum)."""
         from megatron_gm.influence.embed import pad_chunks
 
         chunks, owner = self.chunk_ids(texts)
-        ids, mask = pad_chunks(chunks, self.tokenizer.pad_token_id or 0, len(chunks), self.device)
-        vecs = self.cls_vectors(ids, mask)
+        order = sorted(range(len(chunks)), key=lambda k: len(chunks[k]))
+        pad_id = self.tokenizer.pad_token_id or 0
+        parts = []
+        for st in range(0, len(order), group):
+            sel = order[st : st + group]
+            ids, mask = pad_chunks([chunks[k] for k in sel], pad_id, len(sel), self.device)
+            parts.append(self.cls_vectors(ids, mask))
+        inverse = torch.empty(len(order), dtype=torch.long, device=self.device)
+        inverse[torch.tensor(order, device=self.device)] = torch.arange(len(order), device=self.device)
+        vecs = torch.cat(parts)[inverse]
         owner_t = torch.tensor(owner, device=self.device)
         summed = torch.zeros(len(texts), vecs.shape[1], device=self.device, dtype=vecs.dtype)
         summed = summed.index_add(0, owner_t, vecs)
