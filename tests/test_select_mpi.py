@@ -1,10 +1,14 @@
-"""tools/select_data.py under real mpirun on precomputed scores: same artifact bytes for 1, 2, 3 and 4 ranks."""
+"""tools/select_data.py under real mpirun (and srun) on precomputed scores: same artifact bytes for 1-4 ranks."""
+
+import functools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from megatron_gm.selection.artifact import load_selection
-from tests.select_helpers import reference_selection, run_tool, synthetic_scores
+from tests.select_helpers import ROOT, TOOL, error_line, reference_selection, run_tool, synthetic_scores
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,3 +70,28 @@ def test_seed_and_ratio_reach_the_selection(scores, tmp_path):
     select(folder, tmp_path / "c", "group", 2, "--gm-select-ratio", 0.25)
     docs, _ = load_selection(tmp_path / "c")
     np.testing.assert_array_equal(docs, reference_selection(h, s, method="group", k=K, ratio=0.25))
+
+
+def test_srun_with_pmix_gives_the_same_bytes(scores, tmp_path):
+    """Under a real (single-host) Slurm: srun --mpi=pmix -n 2 equals one plain process; without an MPI
+    plugin the tasks refuse with one clear line instead of each acting as rank 0."""
+    from tests.slurm_cluster import SlurmCluster, slurm_available
+
+    if reason := slurm_available():
+        pytest.skip(reason)
+    folder, _, _ = scores
+    plain = select(folder, tmp_path / "plain", "group", None)
+    tool = [sys.executable, str(TOOL), "--scores-from", folder, "--gm-num-clusters", K, "--gm-stage", 2,
+            "--no-progress"]  # fmt: skip
+    with SlurmCluster(tmp_path / "slurm", nodes=1, cpus=2) as cluster:
+        env = {**cluster.env, "PYTHONPATH": str(ROOT)}
+        run = functools.partial(
+            subprocess.run, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+        )
+        proc = run(["srun", "--mpi=pmix", "-n", "2", *map(str, tool), "--output", str(tmp_path / "srun")])
+        assert proc.returncode == 0, proc.stderr + cluster.logs()
+        proc = run(["srun", "--mpi=none", "-n", "2", *map(str, tool), "--output", str(tmp_path / "none")])
+    assert (tmp_path / "srun" / "documents.npy").read_bytes() == plain[0]
+    assert (tmp_path / "srun" / "manifest.json").read_bytes() == plain[1]
+    assert proc.returncode != 0 and "without an MPI plugin; use srun --mpi=pmix" in error_line(proc)
+    assert not (tmp_path / "none").exists()

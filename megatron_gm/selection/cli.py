@@ -96,7 +96,12 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    comm = Comm()
+    try:
+        comm = Comm()
+    except GMError:
+        if os.environ.get("SLURM_PROCID", "0") != "0":  # every task has the same error; task 0 reports it
+            sys.exit(2)
+        raise
     try:
         summary = run_selection(cfg, comm)
     except GMError:

@@ -22,8 +22,18 @@ T = TypeVar("T")
 _LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 
+# Set in a task by srun's MPI plugins (pmix, pmi2) or by mpirun; without any, MPI_Init cannot form a job.
+_WIREUP_VARS = ("PMIX_RANK", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_RANK")
+
+
 class Comm:
     def __init__(self):
+        tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+        if tasks.isdigit() and int(tasks) > 1 and not any(v in os.environ for v in _WIREUP_VARS):
+            raise GMError(
+                f"srun started {tasks} tasks without an MPI plugin; use srun --mpi=pmix (Open MPI) or "
+                "--mpi=pmi2 (MPICH), or set MpiDefault in slurm.conf"
+            )
         try:
             from mpi4py import MPI
         except ImportError as e:  # mpi4py missing, or no MPI library for it
