@@ -1,0 +1,112 @@
+"""validate_gm_args: selections that are missing, corrupt or made for another dataset are refused."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from megatron_gm.data.indexed import write_indexed_dataset
+from megatron_gm.errors import GMError, ManifestMismatch
+from megatron_gm.manifest import Manifest
+from megatron_gm.megatron.args import validate_gm_args
+from megatron_gm.selection.artifact import save_selection
+
+SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": 64}
+
+
+def _pool(prefix, seed, n=12):
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(0, 63, rng.integers(5, 30)) for _ in range(n)]
+    return write_indexed_dataset(prefix, docs, tokenizer=SPEC, source=f"test{seed}")
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pools")
+    a, b = _pool(d / "a", 0), _pool(d / "b", 1)
+    sel_a = save_selection(d / "sel_a", np.array([1, 4, 7]), Manifest("selection", a.fingerprint, stage=1))
+    sel_b = save_selection(d / "sel_b", np.array([1, 4, 7]), Manifest("selection", b.fingerprint, stage=1))
+    return d, a, b, sel_a, sel_b
+
+
+def _args(prefix, selection, **kw):
+    base = dict(
+        data_path=[str(prefix)],
+        train_data_path=None,
+        gm_selection=str(selection),
+        gm_stage=1,
+        gm_stage_iters="4",
+        gm_record_samples=None,
+        gm_data_fingerprint_check=True,
+        train_iters=10,
+        rampup_batch_size=None,
+        phase_transition_iterations=None,
+        save="ckpt",
+        dataloader_type="single",
+        mock_data=False,
+    )
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_selection_for_this_dataset_is_accepted(pools):
+    d, a, _, sel_a, _ = pools
+    args = _args(a.prefix, sel_a)
+    validate_gm_args(args)
+    assert (args.gm_stage_start_iter, args.gm_stage_end_iter) == (4, 8)
+    assert len(args.gm_selection_digest) == 16
+
+
+def test_selection_for_another_dataset_is_refused(pools):
+    _, a, b, _, sel_b = pools
+    with pytest.raises(ManifestMismatch) as e:
+        validate_gm_args(_args(a.prefix, sel_b))
+    msg = str(e.value)
+    assert "\n" not in msg and b.fingerprint in msg and a.fingerprint in msg and "sel_b" in msg
+    # the check can be switched off (index range still checked)
+    validate_gm_args(_args(a.prefix, sel_b, gm_data_fingerprint_check=False))
+
+
+def test_missing_and_corrupt_selections_are_clear_errors(pools, tmp_path):
+    d, a, _, sel_a, _ = pools
+    with pytest.raises(GMError, match="selection not found"):
+        validate_gm_args(_args(a.prefix, tmp_path / "nope"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text((sel_a / "manifest.json").read_text())
+    (bad / "documents.npy").write_bytes(b"not numpy")
+    with pytest.raises(GMError, match="documents.npy: unreadable"):
+        validate_gm_args(_args(a.prefix, bad))
+    (bad / "manifest.json").write_text("{ broken")
+    with pytest.raises(GMError, match="corrupt manifest"):
+        validate_gm_args(_args(a.prefix, bad))
+    (bad / "manifest.json").write_text((sel_a / "manifest.json").read_text())
+    np.save(bad / "documents.npy", np.array([3, 99], dtype=np.int64))
+    with pytest.raises(GMError, match="out of range"):
+        validate_gm_args(_args(a.prefix, bad))
+
+
+def test_stale_sidecar_and_flag_combinations_are_refused(pools, tmp_path):
+    d, a, _, sel_a, _ = pools
+    sidecar = json.loads((d / "a.gm.json").read_text())
+    stale = tmp_path / "stale"
+    for ext in (".bin", ".idx"):
+        (tmp_path / f"stale{ext}").write_bytes((d / f"a{ext}").read_bytes())
+    sidecar.update(prefix=str(stale), num_docs=sidecar["num_docs"] + 1)
+    (tmp_path / "stale.gm.json").write_text(json.dumps(sidecar))
+    with pytest.raises(GMError, match="sidecar is stale"):
+        validate_gm_args(_args(stale, sel_a))
+    for kw, msg in [
+        (dict(save=None), "needs --save"),
+        (dict(train_iters=None), "pass --train-iters"),
+        (dict(rampup_batch_size=["1", "1", "8"]), "fixed batch size"),
+        (dict(data_path=["0.5", str(a.prefix), "0.5", str(a.prefix) + "x"]), "exactly one dataset prefix"),
+        (dict(dataloader_type="cyclic"), "'single' data loader"),
+        (dict(gm_stage_iters=None), "needs --gm-stage-iters"),
+    ]:
+        with pytest.raises(GMError, match=msg):
+            validate_gm_args(_args(a.prefix, sel_a, **kw))
+    validate_gm_args(_args(a.prefix, sel_a, save=None), for_training=False)  # in-process tools
