@@ -1,0 +1,387 @@
+"""``tools/collect_oracle.py``: oracle labels from a stage checkpoint, on Megatron, under torchrun or srun.
+
+Takes pretraining's Megatron flags (model sizes, --data-path, --tokenizer-*, --seq-length,
+--tensor/pipeline-model-parallel-size, --load, --seed, ...) plus the ``--gm-oracle-*`` group below.
+Training flags the probe step needs but a user may leave out are taken from the checkpoint's saved args
+(``INHERITED``); the LR schedule always is (Megatron's --use-checkpoint-opt-param-scheduler). Every
+input is checked before Megatron starts, so bad input fails in a second with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from megatron_gm.errors import GMError, cli_main
+from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_REF = ROOT.parent / "shared" / "data" / "ref_wikitext103_valid.jsonl.gz"
+
+# Training settings the probe step uses, copied from the checkpoint's saved args when the command line
+# leaves them out (value flags), or added when pretraining had them on (switches).
+INHERITED_VALUES = (
+    "--lr", "--min-lr", "--clip-grad", "--weight-decay", "--weight-decay-incr-style", "--adam-beta1",
+    "--adam-beta2", "--adam-eps", "--optimizer", "--lr-decay-style",
+)  # fmt: skip
+INHERITED_SWITCHES = ("--bf16", "--fp16", "--eod-mask-loss", "--reset-position-ids", "--reset-attention-mask")
+
+
+def add_oracle_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """An ``extra_args_provider``: the ``--gm-oracle-*`` group (aliases in brackets are the pipeline's names)."""
+    if "--gm-oracle-output" in parser._option_string_actions:
+        return parser
+    g = parser.add_argument_group(title="megatron-gm oracle collection")
+    g.add_argument("--gm-oracle-output", type=str, default=None, metavar="DIR", help="oracle store folder")
+    g.add_argument(
+        "--gm-oracle-trajectories",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of trajectories (random policy; with a file: its first N rows, default all)",
+    )
+    g.add_argument(
+        "--gm-oracle-T",
+        "--gm-oracle-traj-len",
+        dest="gm_oracle_T",
+        type=int,
+        default=None,
+        help=f"candidates per trajectory (default {DEFAULT_T}, or the trajectory file's)",
+    )
+    g.add_argument("--gm-oracle-policy", choices=POLICIES, default="random")
+    g.add_argument(
+        "--gm-oracle-trajectory-file",
+        type=str,
+        default=None,
+        metavar="DIR",
+        help="trajectory folder from tools/bootstrap_trajectories.py (policy file)",
+    )
+    g.add_argument(
+        "--gm-oracle-candidates",
+        type=str,
+        default=None,
+        metavar="NPY|DIR",
+        help="draw random trajectories from these documents only (.npy of indices or a selection)",
+    )
+    g.add_argument(
+        "--gm-oracle-ref-data",
+        "--gm-oracle-ref",
+        dest="gm_oracle_ref_data",
+        type=str,
+        default=None,
+        metavar="JSONL",
+        help=f"reference set (default {DEFAULT_REF})",
+    )
+    g.add_argument(
+        "--gm-oracle-ref-samples",
+        "--gm-oracle-ref-max-examples",
+        dest="gm_oracle_ref_samples",
+        type=int,
+        default=64,
+        help="reference samples of --seq-length tokens (seeded subset)",
+    )
+    g.add_argument(
+        "--gm-oracle-ref-micro-batch-size",
+        type=int,
+        default=16,
+        help="micro-batch size of the reference forward pass",
+    )
+    g.add_argument(
+        "--gm-oracle-seed", type=int, default=None, help="trajectory and subset seed (default --seed)"
+    )
+    g.add_argument("--gm-oracle-shard-size", type=int, default=16, help="trajectories per store shard")
+    g.add_argument(
+        "--gm-oracle-max-shards",
+        type=int,
+        default=None,
+        help="stop after this many shards per data-parallel group (time-boxed jobs); rerun to go on",
+    )
+    g.add_argument(
+        "--gm-oracle-time-train-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first time N pretraining-sized steps (with the DP all-reduce) for the cost ratio",
+    )
+    g.add_argument("--gm-oracle-progress", action=argparse.BooleanOptionalAction, default=True)
+    return parser  # fmt: skip
+
+
+@dataclasses.dataclass
+class OracleConfig:
+    output: str
+    trajectories: int | None
+    T: int | None
+    policy: str
+    trajectory_file: str | None
+    candidates: str | None
+    ref_data: str
+    ref_samples: int
+    ref_micro_batch_size: int
+    seed: int
+    shard_size: int
+    max_shards: int | None
+    time_train_steps: int
+    progress: bool
+
+    @classmethod
+    def from_args(cls, args) -> OracleConfig:
+        return cls(
+            output=args.gm_oracle_output,
+            trajectories=args.gm_oracle_trajectories,
+            T=args.gm_oracle_T,
+            policy=args.gm_oracle_policy,
+            trajectory_file=args.gm_oracle_trajectory_file,
+            candidates=args.gm_oracle_candidates,
+            ref_data=args.gm_oracle_ref_data or str(DEFAULT_REF),
+            ref_samples=args.gm_oracle_ref_samples,
+            ref_micro_batch_size=args.gm_oracle_ref_micro_batch_size,
+            seed=args.seed if args.gm_oracle_seed is None else args.gm_oracle_seed,
+            shard_size=args.gm_oracle_shard_size,
+            max_shards=args.gm_oracle_max_shards,
+            time_train_steps=args.gm_oracle_time_train_steps,
+            progress=args.gm_oracle_progress,
+        )
+
+    def validate(self) -> OracleConfig:
+        if not self.output:
+            raise GMError("--gm-oracle-output DIR is required (the oracle store folder)")
+        if self.T is not None and self.T < 1:
+            raise GMError(f"--gm-oracle-T {self.T}: a trajectory needs at least one step (T >= 1)")
+        if self.trajectories is not None and self.trajectories < 1:
+            raise GMError(f"--gm-oracle-trajectories {self.trajectories}: must be at least 1")
+        if self.ref_samples < 1 or self.ref_micro_batch_size < 1 or self.shard_size < 1:
+            raise GMError(
+                "--gm-oracle-ref-samples, --gm-oracle-ref-micro-batch-size and --gm-oracle-shard-size must be >= 1"
+            )
+        if self.max_shards is not None and self.max_shards < 1:
+            raise GMError(f"--gm-oracle-max-shards {self.max_shards}: must be at least 1")
+        if not os.path.isfile(self.ref_data):
+            raise GMError(f"{self.ref_data}: reference set not found; pass --gm-oracle-ref-data JSONL")
+        return self
+
+
+def _given(argv: list[str]) -> set[str]:
+    return {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def inherit_flags(argv: list[str], ckpt) -> list[str]:
+    """Flags to add from the checkpoint's saved args: training settings the command line leaves out.
+
+    The LR schedule itself is loaded from the checkpoint; its flags only have to pass Megatron's checks.
+    """
+    given = _given(argv)
+    extra: list[str] = []
+
+    def saved(flag: str):
+        return ckpt.saved(flag[2:].replace("-", "_"))
+
+    def add(flag: str) -> None:
+        if flag not in given and saved(flag) is not None:
+            extra.extend([flag, str(saved(flag))])
+
+    for flag in INHERITED_VALUES:
+        add(flag)
+    if saved("--weight-decay-incr-style") not in (None, "constant"):
+        add("--start-weight-decay")
+        add("--end-weight-decay")
+    if given & {"--train-iters", "--train-samples"}:
+        unit = "iters" if "--train-iters" in given else "samples"
+    else:
+        unit = "iters" if saved("--train-iters") else "samples"
+        add(f"--train-{unit}")
+    if not given & {"--lr-decay-iters", "--lr-decay-samples"}:
+        add(f"--lr-decay-{unit}")
+    if not given & {"--lr-warmup-fraction", "--lr-warmup-iters", "--lr-warmup-samples"}:
+        add("--lr-warmup-fraction" if saved("--lr-warmup-fraction") is not None else f"--lr-warmup-{unit}")
+    for flag in INHERITED_SWITCHES:
+        if flag not in given and saved(flag):
+            extra.append(flag)
+    return extra
+
+
+def _pre_parse(argv: list[str]):
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--load", default=None)
+    p.add_argument("--ckpt-step", type=int, default=None)
+    known, _ = p.parse_known_args(argv)
+    if not known.load:
+        raise GMError("--load is required: the stage checkpoint folder (pretraining's --save)")
+    return known
+
+
+def check_args(args) -> None:
+    if args.no_load_optim or args.finetune:
+        raise GMError("the oracle needs the checkpoint's optimizer state: drop --no-load-optim/--finetune")
+    if args.use_distributed_optimizer:
+        raise GMError(
+            "the distributed optimizer shards Adam state over data-parallel ranks, which probe different "
+            "trajectories; drop --use-distributed-optimizer for oracle collection"
+        )
+    if args.context_parallel_size > 1:
+        raise GMError("--context-parallel-size > 1 is not supported by oracle collection")
+    if args.rampup_batch_size is not None:
+        raise GMError(
+            "drop --rampup-batch-size: a probe step advances the schedule by one fixed global batch"
+        )
+
+
+def pool_prefix(args) -> str:
+    paths = [p for p in (args.data_path or []) if not _is_number(p)]
+    if len(paths) != 1:
+        raise GMError(f"--data-path: give exactly one dataset prefix (the candidate pool), got {len(paths)}")
+    return paths[0]
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def check_tokenizer(args, info) -> None:
+    """The reference set is tokenized with the run's tokenizer: it must be the pool's."""
+    from megatron_gm.manifest import sha256_file
+
+    want = (info.tokenizer or {}).get("model_sha256")
+    model = getattr(args, "tokenizer_model", None)
+    if want and model and os.path.isfile(model) and sha256_file(model)[:16] != want:
+        raise GMError(
+            f"--tokenizer-model {model}: not the tokenizer {info.prefix} was made with "
+            f"({info.tokenizer.get('model')}); pass that one"
+        )
+
+
+def prepare(argv: list[str]):
+    """Everything checkable before Megatron starts: args, checkpoint, pool, trajectories, reference set."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
+
+    from megatron_gm.data.indexed import load_dataset_info
+    from megatron_gm.megatron import runtime
+    from megatron_gm.oracle.checkpoint import inspect_checkpoint, require_optimizer_state
+    from megatron_gm.oracle.reference import build_reference
+    from megatron_gm.oracle.trajectories import build_source
+
+    pre = _pre_parse(argv)
+    ckpt = inspect_checkpoint(pre.load, pre.ckpt_step)
+    require_optimizer_state(ckpt)
+    inherited = inherit_flags(argv, ckpt)
+    args = runtime.parse_args([*argv, *inherited], extra_args_provider=add_oracle_args)
+    cfg = OracleConfig.from_args(args).validate()
+    check_args(args)
+    prefix = pool_prefix(args)
+    info = load_dataset_info(prefix)
+    check_tokenizer(args, info)
+    dataset = IndexedDataset(prefix)
+    if len(dataset) != info.num_docs:
+        raise GMError(
+            f"{prefix}.gm.json: describes {info.num_docs} documents, the .idx {len(dataset)}; rerun preprocessing"
+        )
+    source = build_source(
+        cfg.policy, T=cfg.T, num_trajectories=cfg.trajectories, seed=cfg.seed,
+        doc_lengths=dataset.sequence_lengths, dataset_fingerprint=info.fingerprint,
+        candidates=cfg.candidates, trajectory_file=cfg.trajectory_file,
+    )  # fmt: skip
+    tokenizer = build_tokenizer(args)
+    reference = build_reference(
+        cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.seed
+    )
+    return args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer
+
+
+def build_manifest(args, cfg, ckpt, info, source, reference):
+    from megatron_gm.manifest import Manifest
+
+    config = {
+        **source.manifest_config(),
+        "reference_hash": reference.digest,
+        "reference_samples": len(reference),
+        "reference_tokens": reference.num_tokens,
+        "reference_file": os.path.basename(reference.source),
+        "seq_length": args.seq_length,
+    }
+    inputs = {"reference": reference.digest, **source.inputs}
+    return Manifest("oracle", info.fingerprint, stage=args.gm_stage, iteration=ckpt.iteration, seed=cfg.seed,
+                    config=config, inputs=inputs)  # fmt: skip
+
+
+def megatron_group():
+    from megatron.core import mpu
+
+    from megatron_gm.oracle.collect import Group
+
+    return Group(
+        rank=__import__("torch").distributed.get_rank(),
+        dp_rank=mpu.get_data_parallel_rank(),
+        dp_size=mpu.get_data_parallel_world_size(),
+        writer=mpu.get_tensor_model_parallel_rank() == 0 and mpu.is_pipeline_last_stage(ignore_virtual=True),
+    )
+
+
+def run(argv: list[str]) -> dict:
+    import torch
+
+    from megatron_gm.megatron import runtime
+    from megatron_gm.oracle.collect import collect
+    from megatron_gm.oracle.megatron_engine import MegatronEngine
+    from megatron_gm.oracle.samples import SampleFormat
+    from megatron_gm.oracle.store import label_stats, load_oracle
+
+    args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer = prepare(argv)
+    if not args.override_opt_param_scheduler:
+        args.use_checkpoint_opt_param_scheduler = True  # the LR schedule position and shape of the checkpoint
+    runtime.initialize()
+    session = runtime.build(args)
+    rank0 = torch.distributed.get_rank() == 0
+    if session.iteration != ckpt.iteration:
+        raise GMError(f"{args.load}: loaded iteration {session.iteration}, expected {ckpt.iteration}")
+    if rank0 and inherited:
+        print(f"oracle: from the checkpoint's args: {' '.join(inherited)}", flush=True)
+    increment = ckpt.saved("global_batch_size") or args.global_batch_size
+    engine = MegatronEngine(
+        session, dataset, SampleFormat.from_args(args, tokenizer.eod), reference,
+        ref_micro_batch_size=cfg.ref_micro_batch_size, scheduler_increment=increment,
+    )  # fmt: skip
+    train_step_s = None
+    if cfg.time_train_steps > 0:
+        mbs = ckpt.saved("micro_batch_size") or 1
+        dp = session.args.data_parallel_size
+        nmb = max(1, increment // (mbs * dp))
+        docs = source.documents([0])[0] if source.num_trajectories else [0]
+        docs = [docs[i % len(docs)] for i in range(mbs * nmb)]
+        train_step_s = engine.time_training_steps(cfg.time_train_steps, mbs, nmb, docs)
+    manifest = build_manifest(args, cfg, ckpt, info, source, reference)
+    group = megatron_group()
+    result = collect(engine, source, cfg.output, manifest, cfg.shard_size, group,
+                     progress=cfg.progress, stop_after=cfg.max_shards)  # fmt: skip
+    summary = {
+        "output": cfg.output, "iteration": ckpt.iteration, "trajectories": result.trajectories,
+        "data_parallel_groups": group.dp_size, "seconds": round(result.seconds, 3),
+        "trajectories_per_hour": round(3600 * result.per_second * group.dp_size, 1),
+        "base_ref_loss": result.base_loss, "reference_samples": len(reference),
+        "reference_tokens": reference.num_tokens, "T": source.T, "complete": result.complete,
+        "probe_train_step_s": engine.mean_time("step"), "reference_loss_s": engine.mean_time("ref"),
+    }  # fmt: skip
+    if train_step_s is not None:
+        summary["pretrain_step_s"] = train_step_s
+        summary["probe_step_over_train_step"] = (
+            summary["probe_train_step_s"] + summary["reference_loss_s"]
+        ) / train_step_s
+    if rank0:
+        if result.complete:
+            summary["labels"] = label_stats(load_oracle(cfg.output, dataset_fingerprint=info.fingerprint))
+        print("oracle summary: " + json.dumps(summary), flush=True)
+    return summary
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    run(list(sys.argv[1:] if argv is None else argv))
+    return 0

@@ -1,0 +1,292 @@
+"""The probe engine on Megatron: the model, optimizer and scheduler pretrain() built and loaded.
+
+One probe step is Megatron's own training step on one sample (``forward_backward_func`` with the GPT
+``forward_step``, so pipeline and tensor parallelism work; ``optimizer.step()`` clips and updates;
+the scheduler advances by the pretraining's global batch, as one iteration would), with one difference:
+the gradients are finalized WITHOUT the data-parallel all-reduce, because each data-parallel group
+probes its own trajectory. The tensor/pipeline parts of Megatron's ``finalize_model_grads`` (tied
+embedding across the first and last stage, layer norms under sequence parallelism) still run, and the
+plain optimizer reduces its clipping norm over the model-parallel group only.
+
+The reference loss is a forward-only pass in eval mode over the reference samples; the last pipeline
+stage sums token losses in float64 and broadcasts the mean to the other stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from functools import partial
+
+import numpy as np
+import torch
+
+from megatron_gm.errors import GMError
+from megatron_gm.oracle.reference import ReferenceSet
+from megatron_gm.oracle.samples import SampleFormat, document_sample, to_batch
+from megatron_gm.oracle.snapshot import StateSnapshot
+
+
+@contextlib.contextmanager
+def use_micro_batch_size(args, n: int):
+    """Megatron's get_batch broadcasts ``args.micro_batch_size`` rows across TP ranks: set it for a pass."""
+    saved = args.micro_batch_size
+    args.micro_batch_size = n
+    try:
+        yield
+    finally:
+        args.micro_batch_size = saved
+
+
+def check_optimizer(optimizer) -> list:
+    """The sub-optimizers; refuse the distributed optimizer (its state is sharded over data parallelism)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    subs = list(getattr(optimizer, "chained_optimizers", [optimizer]))
+    if any(isinstance(o, DistributedOptimizer) for o in subs):
+        raise GMError(
+            "the distributed optimizer shards Adam state over data-parallel ranks, which probe different "
+            "trajectories; drop --use-distributed-optimizer for oracle collection"
+        )
+    return subs
+
+
+def _ref_loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
+    losses = output.view(-1).double()
+    mask = loss_mask.view(-1).double()
+    total, count = (losses * mask).sum(), mask.sum()
+    return total.float(), count.to(torch.int), {"ref": torch.stack([total, count]).detach()}
+
+
+def ref_forward_step(data_iterator, model):
+    """GPT forward on a reference micro-batch; the report is [sum of token losses, token count] (float64)."""
+    from megatron.core.utils import get_attr_wrapped_model
+
+    from megatron_gm.megatron import gpt
+
+    b = gpt.get_batch(data_iterator, get_attr_wrapped_model(model, "vp_stage"))
+    output = model(
+        b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"], loss_mask=b["loss_mask"]
+    )
+    return output, partial(_ref_loss_func, b["loss_mask"])
+
+
+class MegatronEngine:
+    def __init__(
+        self,
+        session,
+        dataset,
+        fmt: SampleFormat,
+        reference: ReferenceSet,
+        *,
+        ref_micro_batch_size: int,
+        scheduler_increment: int,
+    ):
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+        from megatron.core.utils import get_model_config
+
+        args = session.args
+        if args.overlap_grad_reduce or args.overlap_param_gather:
+            raise GMError(
+                "drop --overlap-grad-reduce/--overlap-param-gather: a probe step must not all-reduce over DP"
+            )
+        self.args, self.model = args, session.model
+        self.optimizer, self.scheduler = session.optimizer, session.scheduler
+        self.dataset, self.fmt, self.increment = dataset, fmt, int(scheduler_increment)
+        subs = check_optimizer(self.optimizer)
+        self.config = get_model_config(self.model[0])
+        self.config.finalize_model_grads_func = finalize_grads_without_dp
+        self.config.grad_scale_func = self.optimizer.scale_loss
+        self.forward_backward = get_forward_backward_func()
+        torch_opts = [o.optimizer for o in subs if getattr(o, "optimizer", None) is not None]
+        params = [p for m in self.model for p in m.parameters()]
+        params += [p for o in torch_opts for g in o.param_groups for p in g["params"]]
+        objects = [self.scheduler] + [
+            o.grad_scaler for o in subs if getattr(o, "grad_scaler", None) is not None
+        ]
+        self.snapshot = StateSnapshot(params, torch_opts, objects)
+        self.ref_mbs = max(1, min(ref_micro_batch_size, len(reference)))
+        self.ref_batches = self._reference_batches(reference)
+        self.times = {"step": [0, 0.0], "ref": [0, 0.0]}
+
+    def _reference_batches(self, ref: ReferenceSet) -> list[dict]:
+        n, mb = len(ref), self.ref_mbs
+        pad = (-n) % mb
+        tokens = np.concatenate([ref.tokens, np.zeros((pad, ref.tokens.shape[1]), dtype=np.int64)])
+        mask = np.concatenate([ref.mask, np.zeros((pad, ref.mask.shape[1]), dtype=np.float32)])
+        return [to_batch(tokens[i : i + mb], mask[i : i + mb], self.fmt) for i in range(0, n + pad, mb)]
+
+    def _iterator(self, batches: list[dict]):
+        if len(self.model) > 1:  # virtual pipeline stages: one iterator per model chunk
+            return [iter(batches) for _ in self.model]
+        return iter(batches)
+
+    # -- the engine protocol ------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+
+    def train_step(self, doc: int, seed: int) -> None:
+        start = time.perf_counter()
+        _seed_everything(seed)
+        tokens, mask = document_sample(self.dataset, doc, self.fmt.seq_length)
+        batch = to_batch(tokens, mask, self.fmt)
+        with use_micro_batch_size(self.args, 1):
+            self._step([batch], 1)
+        self._tick("step", start)
+
+    def reference_loss(self) -> float:
+        from megatron.core import mpu
+
+        start = time.perf_counter()
+        for m in self.model:
+            m.eval()
+        try:
+            with torch.no_grad(), use_micro_batch_size(self.args, self.ref_mbs):
+                reports = self.forward_backward(
+                    forward_step_func=ref_forward_step,
+                    data_iterator=self._iterator(self.ref_batches),
+                    model=self.model,
+                    num_microbatches=len(self.ref_batches),
+                    seq_length=self.fmt.seq_length,
+                    micro_batch_size=self.ref_mbs,
+                    forward_only=True,
+                )
+        finally:
+            for m in self.model:
+                m.train()
+        total = torch.zeros(2, dtype=torch.float64)
+        if mpu.is_pipeline_last_stage(ignore_virtual=True):
+            for r in reports:
+                total += r["ref"].cpu()
+        if mpu.get_pipeline_model_parallel_world_size() > 1:
+            total = total.to(_device())
+            torch.distributed.broadcast(
+                total,
+                src=mpu.get_pipeline_model_parallel_last_rank(),
+                group=mpu.get_pipeline_model_parallel_group(),
+            )
+        self._tick("ref", start)
+        return float(total[0] / total[1])
+
+    # -- training steps -----------------------------------------------------------------------------
+
+    def _step(self, batches: list[dict], num_microbatches: int, rerun_guard: bool = False) -> None:
+        """zero grads, forward-backward, optimizer step, scheduler step.
+
+        ``rerun_guard``: run inside Megatron's rerun state machine as train_step does (its gradient NaN
+        check in the DP gradient sync asserts on that); it reduces over all ranks, so probe steps, whose
+        data-parallel groups run independently, skip it (and the DP sync with it).
+        """
+        from megatron.core.rerun_state_machine import get_rerun_state_machine
+
+        def forward_backward() -> None:
+            for m in self.model:
+                m.zero_grad_buffer()
+            self.optimizer.zero_grad()
+            self.forward_backward(
+                forward_step_func=_gpt_forward_step(),
+                data_iterator=self._iterator(batches),
+                model=self.model,
+                num_microbatches=num_microbatches,
+                seq_length=self.fmt.seq_length,
+                micro_batch_size=self.args.micro_batch_size,
+                forward_only=False,
+            )
+
+        if rerun_guard:
+            machine = get_rerun_state_machine()
+            while machine.should_run_forward_backward(None):
+                forward_backward()
+        else:
+            forward_backward()
+        ok, _, _ = self.optimizer.step()
+        if ok:
+            self.scheduler.step(increment=self.increment)
+
+    def time_training_steps(self, n: int, micro_batch_size: int, num_microbatches: int, docs) -> float:
+        """Seconds per pretraining-sized step (with the DP all-reduce), for comparison; restores after."""
+        from megatron.core.distributed import finalize_model_grads
+
+        batches = []
+        for i in range(num_microbatches):
+            rows = [
+                document_sample(self.dataset, int(d), self.fmt.seq_length) for d in docs[i::num_microbatches]
+            ]
+            rows = rows[:micro_batch_size]
+            batches.append(to_batch(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), self.fmt))
+        self.config.finalize_model_grads_func = finalize_model_grads
+        try:
+            with use_micro_batch_size(self.args, micro_batch_size):
+                self._step(batches, num_microbatches, rerun_guard=True)  # warm-up
+                torch.distributed.barrier()
+                start = time.perf_counter()
+                for _ in range(n):
+                    self._step(batches, num_microbatches, rerun_guard=True)
+                torch.distributed.barrier()
+                seconds = (time.perf_counter() - start) / n
+        finally:
+            self.config.finalize_model_grads_func = finalize_grads_without_dp
+            self.restore()
+        return seconds
+
+    def _tick(self, name: str, start: float) -> None:
+        self.times[name][0] += 1
+        self.times[name][1] += time.perf_counter() - start
+
+    def mean_time(self, name: str) -> float:
+        n, s = self.times[name]
+        return s / n if n else float("nan")
+
+
+def _gpt_forward_step():
+    from megatron_gm.megatron import gpt
+
+    return gpt.forward_step
+
+
+def _device():
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
+def _seed_everything(seed: int) -> None:
+    """Dropout RNG of a probe step from its own seed (per pipeline stage, as Megatron seeds them)."""
+    from megatron.core import mpu, tensor_parallel
+    from megatron.training import get_args
+
+    args = get_args()
+    s = seed + 100 * mpu.get_pipeline_model_parallel_rank()
+    random.seed(s)
+    torch.manual_seed(s)
+    tensor_parallel.model_parallel_cuda_manual_seed(
+        s, te_rng_tracker=args.te_rng_tracker, inference_rng_tracker=args.inference_rng_tracker
+    )
+
+
+def finalize_grads_without_dp(model, num_tokens=None, pg_collection=None, force_all_reduce=False):
+    """Megatron's finalize_model_grads minus the data-parallel gradient all-reduce and token count sum."""
+    from megatron.core import mpu
+    from megatron.core.distributed import finalize_model_grads
+
+    for chunk in model:
+        chunk.finish_grad_sync = _no_dp_sync
+    try:
+        finalize_model_grads(model, num_tokens=None, pg_collection=pg_collection)
+    finally:
+        for chunk in model:
+            del chunk.finish_grad_sync
+    if num_tokens is not None:  # --calculate-per-token-loss: this sample's tokens, shared over the pipeline
+        group = mpu.get_pipeline_model_parallel_group()
+        torch.distributed.broadcast(num_tokens, src=mpu.get_pipeline_model_parallel_last_rank(), group=group)
+        scale = 1.0 / max(int(num_tokens.item()), 1)
+        for chunk in model:
+            chunk.scale_gradients(scale)
+
+
+def _no_dp_sync(*args, **kwargs) -> None:
+    return None
