@@ -88,13 +88,30 @@ def test_bootstrap_tool_writes_a_trajectory_file(tmp_path):
     with torch.no_grad():
         model.heads.alpha.fill_(1.3)
         model.heads.tau.fill_(0.9)
-    save_influence_model(tmp_path / "model", model, Manifest("influence_model", info.fingerprint, stage=0),
-                         fine_tuned=False)
-    args = ["--model", str(tmp_path / "model"), "--data-path", info.prefix, "--output", str(tmp_path / "traj"),
-            "--T", "4", "--width", "3", "--beams-per-tail", "15", "--probe-count", "50", "--no-progress"]
+    save_influence_model(
+        tmp_path / "model", model, Manifest("influence_model", info.fingerprint, stage=0), fine_tuned=False
+    )
+    args = [
+        "--model",
+        str(tmp_path / "model"),
+        "--data-path",
+        info.prefix,
+        "--output",
+        str(tmp_path / "traj"),
+        "--T",
+        "4",
+        "--width",
+        "3",
+        "--beams-per-tail",
+        "15",
+        "--probe-count",
+        "50",
+        "--no-progress",
+    ]
     assert bootstrap_main(args) == 0
-    docs, manifest = load_trajectories(tmp_path / "traj", dataset_fingerprint=info.fingerprint,
-                                       num_docs=info.num_docs)
+    docs, manifest = load_trajectories(
+        tmp_path / "traj", dataset_fingerprint=info.fingerprint, num_docs=info.num_docs
+    )
     assert docs.shape == (30, 4) and manifest.config["T"] == 4 and manifest.stage == 0
     probe = np.load(tmp_path / "traj" / "probe_documents.npy")
     tail = np.load(tmp_path / "traj" / "tail.npy")
@@ -104,13 +121,21 @@ def test_bootstrap_tool_writes_a_trajectory_file(tmp_path):
     loaded, _ = load_influence_model(tmp_path / "model")
     h, s = score_texts(loaded, document_texts(info.prefix, probe), 32)
     pos = np.searchsorted(probe, docs)
-    np.testing.assert_allclose(predicted, group_influence(h, s, loaded.alpha, loaded.tau, pos), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        predicted, group_influence(h, s, loaded.alpha, loaded.tau, pos), rtol=1e-5, atol=1e-6
+    )
     assert predicted[:15].max() <= predicted[15:].min()
     assert bootstrap_main(args) == 0  # same run again: reused, not rewritten
     with pytest.raises(ManifestMismatch):
         load_trajectories(tmp_path / "traj", dataset_fingerprint="0123456789abcdef")
     assert bootstrap_main(args[:-1] + ["--width", "2", "--no-progress"]) == 2  # other run, same folder
     with pytest.raises(GMError, match="T=999"):
-        run_bootstrap(BootstrapConfig(model=str(tmp_path / "model"), data_path=info.prefix,
-                                      output=str(tmp_path / "t2"), T=999, probe_count=50))
+        run_bootstrap(
+            BootstrapConfig(
+                model=str(tmp_path / "model"),
+                data_path=info.prefix,
+                output=str(tmp_path / "t2"),
+                T=999,
+                probe_count=50,
+            )
+        )

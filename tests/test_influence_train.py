@@ -148,9 +148,16 @@ def test_two_processes_match_one_and_resume_continues(world, tmp_path):
     np.testing.assert_allclose(m2, m1, rtol=1e-3)
     assert r3["main"]["steps"] == r1["main"]["steps"] == 8
     assert (
-        tmp_path / "cut" / "train" / "main" / "checkpoints" / "latest"
+        tmp_path / "cut_train" / "main" / "checkpoints" / "latest"
     ).read_text().strip() == "step0000008"
     assert (tmp_path / "one" / "encoder" / "model.safetensors").exists()  # full mode saves the tuned encoder
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
+        "config.json",
+        "encoder",
+        "heads.safetensors",
+        "manifest.json",
+        "metrics.json",
+    ]  # nothing else
 
 
 def test_bad_oracle_stores_are_refused(world, tmp_path):
@@ -223,4 +230,4 @@ def test_cli_errors_are_one_line_and_write_nothing(world, tmp_path):
     assert last.startswith("error: ") and "dataset_fingerprint" in last and str(tmp_path / "other") in last
     last = run(tmp_path / "ok", tmp_path / "noenc")
     assert last.startswith("error: ") and "no HF encoder here" in last
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out_train").exists()

@@ -25,7 +25,10 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--oracle", nargs="+", required=True, help="oracle store folder(s); several = several rounds"
     )
-    p.add_argument("--output", required=True, help="output folder: the model, metrics.json, train/ state")
+    p.add_argument("--output", required=True, help="model folder to write (the best model and metrics.json)")
+    p.add_argument(
+        "--train-dir", default="", help="training state: checkpoints, caches (default OUTPUT_train)"
+    )
     p.add_argument(
         "--mode",
         choices=("full", "fast"),
@@ -100,6 +103,7 @@ def train_main(argv: list[str] | None = None) -> int:
         ablation=args.ablation,
         max_steps=args.max_steps,
         progress=not args.no_progress,
+        train_dir=args.train_dir,
     )
     result = train_influence_model(cfg)
     import torch.distributed as dist

@@ -220,7 +220,13 @@ def cached_embeddings(
         dist.barrier()
     pending = shards.pending(rank, world)
     todo = sum(len(docs[i * per_shard : (i + 1) * per_shard]) for i in pending)
-    bar = tqdm(total=todo, desc="embed documents", unit="doc", disable=not progress or not pending)
+    bar = tqdm(
+        total=todo,
+        desc="embed documents",
+        unit="doc",
+        disable=not progress or not pending,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
+    )
     for i in pending:
         part = docs[i * per_shard : (i + 1) * per_shard]
         h = embed_texts(model, document_texts(data_path, part), batch_size, progress=bar)

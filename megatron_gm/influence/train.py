@@ -61,7 +61,7 @@ DEFAULT_EPOCHS = {"full": 5, "fast": 50}
 class TrainConfig:
     data_path: str  # Megatron data prefix of the pool
     oracle: list[str]  # oracle store folders (several rounds at once)
-    output: str
+    output: str  # the model folder (only the model's files)
     mode: str = "full"
     encoder: str = ""  # "" = bundled MiniLM
     chunk_len: int = 0
@@ -82,6 +82,7 @@ class TrainConfig:
     ablation: str = "same"  # also train without the relation term: same mode, fast, or none
     max_steps: int = 0  # stop after this many optimizer steps (benchmarks); 0 = all epochs
     progress: bool = True
+    train_dir: str = ""  # training state; "" = "<output>_train"
 
     def validate(self) -> TrainConfig:
         if self.mode not in MODES:
@@ -462,7 +463,7 @@ def prepare(
             frozen,
             cfg.data_path,
             unique_docs,
-            Path(cfg.output) / "train",
+            train_dir(cfg),
             cfg.embed_batch_size,
             info.fingerprint,
             cfg.progress and rank == 0,
@@ -474,23 +475,30 @@ def prepare(
 def run_id(cfg: TrainConfig, data: TrajectoryData | None = None) -> str:
     """What must not change between a run and its resume."""
     d = dataclasses.asdict(cfg)
-    for k in ("output", "progress", "max_steps", "ablation"):
+    for k in ("output", "progress", "max_steps", "ablation", "train_dir"):
         d.pop(k)
     return sha256_text(json.dumps(d, sort_keys=True))[:16]
 
 
+def train_dir(cfg: TrainConfig) -> Path:
+    """Training state (checkpoints, embedding cache, best-so-far): beside the model folder, not in it, so the
+    published model folder holds only the model."""
+    return Path(cfg.train_dir) if cfg.train_dir else Path(f"{str(cfg.output).rstrip('/')}_train")
+
+
 def check_output(cfg: TrainConfig, rank: int) -> Path:
     out = Path(cfg.output)
-    stamp = out / "train" / "run.json"
+    stamp = train_dir(cfg) / "run.json"
     want = {"run_id": run_id(cfg), "config": dataclasses.asdict(cfg)}
     if stamp.exists():
         have = json.loads(stamp.read_text())
         if have.get("run_id") != want["run_id"]:
             raise GMError(
-                f"{out}: holds a training run with other arguments (see {stamp}); use a new --output or delete it"
+                f"{stamp.parent}: holds a training run with other arguments (see {stamp}); "
+                "use a new --output or delete it"
             )
-    elif (out / "manifest.json").exists() or (out.exists() and any(out.iterdir())):
-        raise GMError(f"{out}: exists and is not an influence training folder; use a new --output")
+    elif out.exists() and any(out.iterdir()):
+        raise GMError(f"{out}: exists and was not written by this training run; use a new --output")
     gdist.barrier()
     if rank == 0:
         stamp.parent.mkdir(parents=True, exist_ok=True)
@@ -525,7 +533,7 @@ def train_influence_model(cfg: TrainConfig) -> dict:
         "val_trajectories": len(prep.val_idx),
         "T": prep.data.T,
     }
-    result["main"] = Run(cfg, prep, cfg.mode, cfg.relation, out / "train" / "main", rank, world).fit(
+    result["main"] = Run(cfg, prep, cfg.mode, cfg.relation, train_dir(cfg) / "main", rank, world).fit(
         model_config
     )
     if abl_mode is not None and cfg.relation:
@@ -534,12 +542,12 @@ def train_influence_model(cfg: TrainConfig) -> dict:
             prep,
             abl_mode,
             False,
-            out / "train" / f"ablation-{abl_mode}",
+            train_dir(cfg) / f"ablation-{abl_mode}",
             rank,
             world,
         ).fit(model_config)
     if rank == 0:
-        publish(out, out / "train" / "main" / "best", result)
+        publish(out, train_dir(cfg) / "main" / "best", result)
     gdist.barrier()
     return result
 
@@ -548,6 +556,8 @@ def publish(out: Path, best: Path, result: dict) -> None:
     """Copy the best model's files into the output folder (manifest last) and write metrics.json."""
     from megatron_gm.manifest import atomic_write_text
 
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # the folder is incomplete until the manifest is back
     for item in sorted(best.iterdir()):
         if item.name in ("manifest.json", "metrics.json"):
             continue
