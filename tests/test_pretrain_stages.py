@@ -142,10 +142,15 @@ def test_stage1_trains_exactly_on_the_selection(stage0):
 
 
 def test_dp2_stopped_mid_stage_and_resumed_follows_the_reference(stage0):
-    w, _, _, _, p1 = stage0
+    w, info, _, _, p1 = stage0
     shared = ["--gm-stage", "1", "--gm-selection", str(w / "sel1"), "--gm-record-samples", str(w / "rec_dp")]
     a = _run(w, 2, "--load", str(w / "ck0"), "--save", str(w / "ck_dp"), "--exit-interval", "7", *shared)
     assert "exiting program at iteration 7" in a.stdout
+    # resuming mid-stage on other data is refused (the stage's order would silently change)
+    save_selection(w / "sel2", np.arange(10, 30), Manifest("selection", info.fingerprint, stage=1))
+    bad = [arg if arg != str(w / "sel1") else str(w / "sel2") for arg in shared]
+    r = _run(w, 2, "--load", str(w / "ck_dp"), "--save", str(w / "ck_dp"), *bad, expect_rc=1)
+    assert "stage 1 began with other data (selection_digest" in r.stderr and "Traceback (most" not in r.stdout
     b = _run(w, 2, "--load", str(w / "ck_dp"), "--save", str(w / "ck_dp"), *shared)
     recs = _records(w / "rec_dp")
     assert {r["dp_rank"] for r in recs} == {0, 1}

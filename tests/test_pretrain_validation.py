@@ -110,3 +110,29 @@ def test_stale_sidecar_and_flag_combinations_are_refused(pools, tmp_path):
         with pytest.raises(GMError, match=msg):
             validate_gm_args(_args(a.prefix, sel_a, **kw))
     validate_gm_args(_args(a.prefix, sel_a, save=None), for_training=False)  # in-process tools
+
+
+def test_stage_ledger_guards_the_checkpoint_position_and_mid_stage_data(pools, tmp_path):
+    from megatron_gm.megatron.loader import check_stage_ledger
+
+    d, a, _, sel_a, _ = pools
+    args = _args(
+        a.prefix, sel_a, save=str(tmp_path / "ck"), load=None, iteration=4, seed=1, global_batch_size=8
+    )
+    validate_gm_args(args)  # stage 1 = iterations 4..8
+    check_stage_ledger(args)  # the stage begins: recorded
+    ledger = json.loads((tmp_path / "ck" / "gm_stages.json").read_text())
+    assert ledger["1"]["selection_digest"] == args.gm_selection_digest and ledger["1"]["start_iter"] == 4
+    args.load, args.iteration = str(tmp_path / "ck"), 6
+    check_stage_ledger(args)  # same data mid-stage: fine
+    args.seed = 2
+    with pytest.raises(GMError, match="stage 1 began with other data .seed 1 -> 2"):
+        check_stage_ledger(args)
+    args.seed, args.iteration = 1, 8
+    with pytest.raises(GMError, match="already complete.*run --gm-stage 2"):
+        check_stage_ledger(args)
+    args.iteration = 3
+    with pytest.raises(
+        GMError, match="starts at iteration 4, but the checkpoint in --load is at iteration 3"
+    ):
+        check_stage_ledger(args)

@@ -106,11 +106,15 @@ def build_pretraining_data_loader(dataset, consumed_samples):
 
     args = get_args()
     original = _installed["loader"]
+    if dataset is None or not _is_train_split(dataset):
+        return original(dataset, consumed_samples)
     selected = bool(getattr(args, "gm_selection", None))
     record = getattr(args, "gm_record_samples", None)
-    if dataset is None or not (selected or record) or not _is_train_split(dataset):
+    staged = getattr(args, "gm_stage_end_iter", None) is not None
+    if not (selected or record or staged):
         return original(dataset, consumed_samples)
     try:
+        check_stage_ledger(args)
         if selected:
             stage_ds = build_stage_dataset(dataset, args)
             loader, sampler = stage_loader(stage_ds, args, consumed_samples)
@@ -123,6 +127,67 @@ def build_pretraining_data_loader(dataset, consumed_samples):
     if record and sampler is not None and _should_record():
         return RecordingLoader(loader, sampler, stage_ds, args, consumed_samples, selected)
     return loader
+
+
+LEDGER = "gm_stages.json"
+
+
+def check_stage_ledger(args) -> None:
+    """The loaded checkpoint must lie inside this stage, and a mid-stage resume must keep its data.
+
+    ``{save}/gm_stages.json`` records, per stage, the selection digest, seed, batch size and range the
+    stage began with; a resume past the stage's first iteration with other values is refused (its
+    order would silently differ). Rank 0 writes it when the stage's loader is built.
+    """
+    import torch
+
+    from megatron_gm.manifest import atomic_write_text
+
+    stage, it = args.gm_stage, args.iteration
+    start = args.gm_stage_start_iter
+    end = args.gm_stage_end_iter or args.train_iters
+    if it < start:
+        raise GMError(
+            f"--gm-stage {stage} starts at iteration {start}, but the checkpoint in --load is at iteration {it}; "
+            f"finish stage {stage - 1} first or point --load at its final checkpoint"
+        )
+    if it >= end and args.gm_stage_end_iter is not None:
+        raise GMError(
+            f"--gm-stage {stage} is already complete: the checkpoint in --load is at iteration {it}, the stage "
+            f"ends at {end}; run --gm-stage {stage + 1}"
+        )
+    entry = {
+        "selection": args.gm_selection,
+        "selection_digest": args.gm_selection_digest,
+        "seed": args.seed,
+        "global_batch_size": args.global_batch_size,
+        "start_iter": start,
+        "end_iter": end,
+    }
+    ledger = {}
+    if args.load and os.path.exists(os.path.join(args.load, LEDGER)):
+        path = os.path.join(args.load, LEDGER)
+        try:
+            with open(path) as f:
+                ledger = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise GMError(f"{path}: unreadable ({e}); restore it from the checkpoint folder's backup") from e
+        before = ledger.get(str(stage))
+        keys = ("selection_digest", "seed", "global_batch_size", "start_iter")
+        if it > start and before and any(before.get(k) != entry[k] for k in keys):
+            diff = ", ".join(
+                f"{k} {before.get(k)!r} -> {entry[k]!r}" for k in keys if before.get(k) != entry[k]
+            )
+            raise GMError(
+                f"{path}: stage {stage} began with other data ({diff}); resume it with the same --gm-selection, "
+                "--seed and batch size, or restart the stage from its first checkpoint"
+            )
+    if args.save and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        ledger[str(stage)] = entry
+        os.makedirs(args.save, exist_ok=True)
+        atomic_write_text(
+            os.path.join(args.save, LEDGER), json.dumps(ledger, indent=2, sort_keys=True) + "\n"
+        )
 
 
 def stage_seed(seed: int, stage: int) -> int:
