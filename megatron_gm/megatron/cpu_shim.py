@@ -208,7 +208,7 @@ class _CudaToCpu(TorchFunctionMode):
         frame = sys._getframe(2)
         while frame is not None:
             path = frame.f_code.co_filename
-            if "/megatron/" in path:
+            if "/megatron/" in path and "/megatron_gm/" not in path:
                 _state["sites"][f"{path.split('/megatron/', 1)[1]}:{frame.f_lineno}"] += 1
                 return
             frame = frame.f_back
