@@ -13,11 +13,12 @@
 #   GM_SRUN_MPI      srun's MPI plugin (default: pmix; pmi2 for MPICH)
 #   GM_STATE, GM_PHASE      pipeline state file and phase name (set by tools/run_pipeline.py)
 #   GM_COMPLETE_MARKER      a file whose presence means the phase's artifact is already complete
+#   GM_CKPT_DIR, GM_INIT_CKPT, GM_EXPECT_ITER   pretraining: own and previous checkpoints, stage end
 #
-# Preemption: sbatch --signal=B:USR1@N sends SIGUSR1 to this shell N seconds before the time limit;
-# the handler asks the phase to save (SIGTERM: Megatron's --exit-signal-handler checkpoints, the other
-# tools stop between shards), waits for it, then requeues the job (--requeue). SIGTERM (scancel,
-# preemption) does the same without requeueing. A requeued or resubmitted job resumes its phase.
+# Time limit: sbatch --signal=B:USR1@N sends SIGUSR1 to this shell N seconds before the time limit;
+# the handler asks the phase to save (SIGTERM to the job's steps), waits for it, then requeues the job
+# (--requeue). SIGTERM to this shell (scancel, preemption) does the same without requeueing. A requeued
+# or resubmitted job resumes its phase.
 
 gm_log() { printf '[gm %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -90,6 +91,16 @@ gm_run() {
 }
 
 gm_finish() {  # gm_finish RC: record the outcome and exit with it
+  local got
+  if [ "$1" -eq 0 ] && [ -n "${GM_EXPECT_ITER:-}" ]; then
+    # Megatron exits 0 after an early stop (signal, --exit-duration-in-mins): not the stage's end
+    got="$(cat "$GM_CKPT_DIR/latest_checkpointed_iteration.txt" 2>/dev/null || echo none)"
+    if [ "$got" != "$GM_EXPECT_ITER" ]; then
+      gm_log "$GM_PHASE: stopped at checkpoint iteration $got, before the stage's end ($GM_EXPECT_ITER)"
+      gm_state interrupted 75
+      exit 75
+    fi
+  fi
   if [ "$1" -eq 0 ]; then
     gm_state "done"
     gm_log "$GM_PHASE: done"
@@ -100,11 +111,19 @@ gm_finish() {  # gm_finish RC: record the outcome and exit with it
   exit "$1"
 }
 
+# SIGTERM goes to the job's steps, not to srun: srun answers SIGTERM by killing its step at once, while
+# the tasks themselves save first (torchrun forwards it to its workers; Megatron's --exit-signal-handler
+# checkpoints; the other tools finish the shard at hand). On scancel or preemption Slurm signals srun
+# too, so the phase may die before saving: it then resumes from its last checkpoint or shard marker.
 gm_on_signal() {
   trap '' USR1 TERM
   gm_log "$GM_PHASE: SIG$1: asking the phase to save and stop"
   if [ -n "$GM_CHILD" ] && kill -0 "$GM_CHILD" 2>/dev/null; then
-    kill -TERM "$GM_CHILD" 2>/dev/null || true
+    if [ -n "${SLURM_JOB_ID:-}" ]; then
+      scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || kill -TERM "$GM_CHILD" 2>/dev/null || true
+    else
+      kill -TERM "$GM_CHILD" 2>/dev/null || true
+    fi
     wait "$GM_CHILD" 2>/dev/null || true
   fi
   gm_state interrupted 143

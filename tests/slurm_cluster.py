@@ -1,7 +1,8 @@
 """A real single-host Slurm for tests: slurmctld + one slurmd per node name, config under a temp folder.
 
 Debian's slurm-wlm (22.05) daemons run in the foreground (``-D``) as children of this process, with
-``AuthType=auth/none`` (no munge daemon needed), ``proctrack/pgid`` and ``task/none``. Node names are
+``AuthType=auth/none`` (no munge daemon needed), ``proctrack/linuxproc`` (it follows torchrun's
+workers into their own sessions, which ``proctrack/pgid`` loses) and ``task/none``. Node names are
 fake (``gmnode1``, ``gmnode2``) and all map to 127.0.0.1 through ``NodeAddr``; each slurmd listens on its
 own port. Ports are picked free at start, so several clusters (and other users' Slurm) can coexist.
 
@@ -93,6 +94,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/none
 CredType=cred/none
+AuthInfo=cred_expire=5
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/run/slurmctld.pid
@@ -101,12 +103,13 @@ SlurmctldLogFile={r}/log/slurmctld.log
 SlurmdLogFile={r}/log/slurmd.%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-ProctrackType=proctrack/pgid
+ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1

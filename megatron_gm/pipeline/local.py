@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from megatron_gm.errors import GMError
-from megatron_gm.pipeline.plan import Phase, load_dir
+from megatron_gm.pipeline.plan import Phase, checkpoint_iteration, load_dir
 from megatron_gm.pipeline.run import phase_env, python_exe
 from megatron_gm.pipeline.state import RunState
 
@@ -130,6 +130,14 @@ class LocalExecutor:
         if self._stop_signal is not None:
             self.state.end(phase.name, "interrupted", rc)
             raise Interrupted(f"{phase.name}: interrupted after {took:.1f} s; rerun to continue")
+        expect = phase.env.get("GM_EXPECT_ITER", "")
+        if rc == 0 and expect and checkpoint_iteration(phase.env["GM_CKPT_DIR"]) != expect:
+            got = checkpoint_iteration(phase.env["GM_CKPT_DIR"]) or "none"
+            self.state.end(phase.name, "interrupted", rc)
+            raise GMError(
+                f"{phase.name}: exited at checkpoint iteration {got} before the stage's end ({expect}); "
+                f"see {log_path}, then rerun to continue"
+            )
         if rc != 0:
             self.state.end(phase.name, "failed", rc)
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])

@@ -80,19 +80,9 @@ def _data_args(cfg: PipelineConfig) -> list[str]:
     return args
 
 
-def _cpu_args(cfg: PipelineConfig) -> list[str]:
-    """Megatron flags for machines without a GPU (STACK.md): gloo, local layers, no fused kernels."""
-    if cfg.launch.gpus_per_node > 0:
-        return []
-    return [
-        "--distributed-backend", "gloo", "--transformer-impl", "local", "--no-persist-layer-norm",
-        "--no-gradient-accumulation-fusion", "--no-masked-softmax-fusion", "--no-bias-gelu-fusion",
-        "--no-bias-dropout-fusion", "--no-rope-fusion",
-    ]  # fmt: skip
-
-
 def _megatron_model_args(cfg: PipelineConfig) -> list[str]:
-    return [*cfg.model.args(), *_data_args(cfg), "--seed", str(cfg.train.seed), *_cpu_args(cfg)]
+    # without CUDA, pretrain_gpt_gm.py and collect_oracle.py add the CPU flags themselves (gloo, local layers)
+    return [*cfg.model.args(), *_data_args(cfg), "--seed", str(cfg.train.seed)]
 
 
 def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path | None) -> list[str]:
@@ -102,7 +92,7 @@ def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path |
         *_megatron_model_args(cfg),
         "--micro-batch-size", str(t.micro_batch_size),
         "--global-batch-size", str(t.global_batch_size),
-        "--train-iters", str((stage + 1) * t.stage_iters),
+        "--train-iters", str(total),
         "--lr", str(t.lr), "--min-lr", str(t.min_lr),
         "--lr-decay-style", "cosine", "--lr-decay-iters", str(total), "--lr-warmup-iters", str(t.warmup_iters),
         "--weight-decay", "0.1", "--clip-grad", "1.0",
@@ -167,6 +157,23 @@ def select_args(
     return args + list(s.extra_args)
 
 
+def ckpt_env(cfg: PipelineConfig, stage: int, ckpt: Path, init: Path | None) -> dict[str, str]:
+    """A pretraining stage's checkpoint folders and the iteration its checkpoint must reach to be done."""
+    return {
+        "GM_CKPT_DIR": str(ckpt),
+        "GM_INIT_CKPT": str(init) if init else "",
+        "GM_EXPECT_ITER": str((stage + 1) * cfg.train.stage_iters),
+    }
+
+
+def checkpoint_iteration(ckpt: str | Path) -> str:
+    """Megatron's latest saved iteration in ``ckpt`` ('' when none)."""
+    try:
+        return (Path(ckpt) / "latest_checkpointed_iteration.txt").read_text().strip()
+    except OSError:
+        return ""
+
+
 def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list[Phase]:
     """Every phase in dependency order. ``ref_path``: the oracle's reference set (default bundled)."""
     out = Path(out).resolve()
@@ -201,10 +208,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
         ckpt = d / "checkpoints"
         sel = d / "selection" if s > 0 else None
         deps = [phase_name("main", s, "select")] if s > 0 else []
-        env = {
-            "GM_CKPT_DIR": str(ckpt),
-            "GM_INIT_CKPT": str(out / f"stage{s - 1}" / "checkpoints") if s else "",
-        }
+        env = ckpt_env(cfg, s, ckpt, out / f"stage{s - 1}" / "checkpoints" if s else None)
         prev_pretrain = add(
             "pretrain", "main", s, pretrain_args(cfg, s, ckpt, sel), deps + ([prev_pretrain] if s else []),
             {"checkpoints": ckpt}, env=env,
@@ -234,7 +238,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
                        [phase_name("main", s, "select")], {"selection": sel}, marker=sel / "manifest.json")  # fmt: skip
             ckpt = d / "checkpoints"
             prev = add("pretrain", "random", s, pretrain_args(cfg, s, ckpt, sel), [pick, prev],
-                       {"checkpoints": ckpt}, env={"GM_CKPT_DIR": str(ckpt), "GM_INIT_CKPT": str(prev_ckpt)})  # fmt: skip
+                       {"checkpoints": ckpt}, env=ckpt_env(cfg, s, ckpt, prev_ckpt))  # fmt: skip
             prev_ckpt = ckpt
     return phases
 

@@ -66,6 +66,7 @@ def phase_env(phase: Phase, state: RunState, python: str) -> dict[str, str]:
         "GM_COMPLETE_MARKER": phase.complete_marker,
         "GM_CKPT_DIR": "",
         "GM_INIT_CKPT": "",
+        "GM_EXPECT_ITER": "",
         "NPROC_PER_NODE": str(phase.procs_per_node),
         "OMP_NUM_THREADS": str(phase.threads),
         "HF_HUB_OFFLINE": "1",
