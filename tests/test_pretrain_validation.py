@@ -136,3 +136,18 @@ def test_stage_ledger_guards_the_checkpoint_position_and_mid_stage_data(pools, t
         GMError, match="starts at iteration 4, but the checkpoint in --load is at iteration 3"
     ):
         check_stage_ledger(args)
+
+
+def test_install_patches_megatron_where_training_py_looks(monkeypatch):
+    """A user's own pretrain_gpt.py: install() makes Megatron's parser know --gm-* without a provider."""
+    import megatron_gm
+    from megatron.training import arguments, training
+
+    from megatron_gm.megatron import loader
+
+    megatron_gm.install(cpu_shim=False)
+    assert training.build_pretraining_data_loader is loader.build_pretraining_data_loader
+    assert training.checkpoint_and_decide_exit is loader.checkpoint_and_decide_exit
+    monkeypatch.setattr("sys.argv", ["pretrain_gpt.py", "--gm-stage", "2", "--gm-stage-iters", "5,9"])
+    args = arguments.parse_args()  # Megatron's own parse, no extra_args_provider
+    assert (args.gm_stage, args.gm_stage_iters, args.gm_data_fingerprint_check) == (2, "5,9", True)
