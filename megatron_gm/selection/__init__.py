@@ -1,1 +1,12 @@
-"""Selection: scoring the pool, clustering, greedy group selection, and the selection artifact."""
+"""Selection (METHOD.md step 4): scoring the pool, clustering, greedy group selection, the artifact.
+
+- ``greedy.py``    greedy relational pick inside one cluster (running sums, O(|C| d) memory)
+- ``methods.py``   group / individual / quota / random with one budget; ``select_documents`` in one process
+- ``cluster.py``   spherical k-means (faiss) on a seeded sample, nearest-centroid assignment
+- ``scores.py``    the pool-scores folder (h, s shards with markers); ``write_scores`` for given arrays
+- ``scoring.py``   embedding + scoring shards with the influence model; the model hash
+- ``comm.py``      the ranks (mpi4py: mpirun, srun --mpi=pmix/pmi2, or one process)
+- ``pipeline.py``  the sharded run: score, cluster, assign, select, gather, write
+- ``cli.py``       ``tools/select_data.py``
+- ``artifact.py``  the selection artifact ``--gm-selection`` reads
+"""
