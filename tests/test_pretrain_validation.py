@@ -60,6 +60,18 @@ def test_selection_for_this_dataset_is_accepted(pools):
     assert len(args.gm_selection_digest) == 16
 
 
+def test_selection_from_another_checkpoint_is_warned_about(pools, tmp_path, capsys):
+    _, a, _, _, _ = pools
+    sel = save_selection(
+        tmp_path / "sel", np.array([2, 3]), Manifest("selection", a.fingerprint, iteration=2)
+    )
+    validate_gm_args(_args(a.prefix, sel))  # stage 1 starts at iteration 4
+    assert (
+        "made from the checkpoint at iteration 2, but stage 1 starts at iteration 4"
+        in capsys.readouterr().out
+    )
+
+
 def test_selection_for_another_dataset_is_refused(pools):
     _, a, b, _, sel_b = pools
     with pytest.raises(ManifestMismatch) as e:
@@ -140,9 +152,9 @@ def test_stage_ledger_guards_the_checkpoint_position_and_mid_stage_data(pools, t
 
 def test_install_patches_megatron_where_training_py_looks(monkeypatch):
     """A user's own pretrain_gpt.py: install() makes Megatron's parser know --gm-* without a provider."""
-    import megatron_gm
     from megatron.training import arguments, training
 
+    import megatron_gm
     from megatron_gm.megatron import loader
 
     megatron_gm.install(cpu_shim=False)

@@ -219,7 +219,14 @@ def validate_gm_args(args, for_training: bool = True) -> None:
             )
         if args.mock_data:
             raise GMError("--gm-selection selects documents of --data-path; drop --mock-data")
-        load_stage_selection(args)
+        _, manifest = load_stage_selection(args)
+        if manifest.iteration is not None and manifest.iteration != args.gm_stage_start_iter:
+            if getattr(args, "rank", 0) == 0:
+                print(
+                    f"megatron-gm: warning: {args.gm_selection} was made from the checkpoint at iteration "
+                    f"{manifest.iteration}, but stage {args.gm_stage} starts at iteration {args.gm_stage_start_iter}",
+                    flush=True,
+                )
         args.gm_selection = os.path.abspath(args.gm_selection)
         args.gm_selection_digest = selection_digest(args.gm_selection)
     if args.gm_record_samples:
