@@ -32,12 +32,12 @@ _mode = {"for_training": True}  # runtime.py sets False: loading a stage in-proc
 
 def install(cpu_shim: bool | None = None) -> None:
     """Patch Megatron (idempotent). ``cpu_shim``: None = activate it when CUDA is unavailable."""
-    if _installed:
-        return
     if cpu_shim is None or cpu_shim:
         from megatron_gm.megatron import cpu_shim as shim
 
-        shim.activate()
+        shim.activate()  # idempotent, and a no-op with CUDA
+    if _installed:
+        return
     from megatron.training import arguments, training
 
     _installed["add_megatron_arguments"] = arguments.add_megatron_arguments
