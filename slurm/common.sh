@@ -69,10 +69,18 @@ gm_state() {  # gm_state begin|done|failed|interrupted [rc]
     --job-id "${SLURM_JOB_ID:-}" --rc "${2:-0}" || gm_log "warning: could not update $GM_STATE"
 }
 
-# Start of a phase: a complete artifact (the job died after writing it) needs no rerun.
+# Start of a phase: a complete artifact (the job died after writing it) needs no rerun; nor does a
+# pretraining stage whose checkpoint is already at the stage's end.
 gm_begin() {
+  local done_already=""
   if [ -n "${GM_COMPLETE_MARKER:-}" ] && [ -e "$GM_COMPLETE_MARKER" ]; then
-    gm_log "$GM_PHASE: $GM_COMPLETE_MARKER exists: the artifact is complete"
+    done_already="$GM_COMPLETE_MARKER exists"
+  elif [ -n "${GM_EXPECT_ITER:-}" ] &&
+    [ "$(cat "$GM_CKPT_DIR/latest_checkpointed_iteration.txt" 2>/dev/null)" = "$GM_EXPECT_ITER" ]; then
+    done_already="$GM_CKPT_DIR is at iteration $GM_EXPECT_ITER"
+  fi
+  if [ -n "$done_already" ]; then
+    gm_log "$GM_PHASE: $done_already: the artifact is complete"
     gm_state begin
     gm_state "done"
     exit 0

@@ -83,6 +83,8 @@ class InfluenceConfig:
     epochs: int = 0  # 0: the tool's default for the mode
     chunk_len: int = 0
     max_chunks: int = 0
+    train_batch_size: int = 0  # trajectories per optimizer step (0: the tool's default)
+    val_count: int = 0  # held-out trajectories (0: the tool's default, min(1000, 5%))
     seed: int = 1234
     extra_args: list[str] = dataclasses.field(default_factory=list)
 

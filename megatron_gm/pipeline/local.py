@@ -45,6 +45,21 @@ def launch_argv(phase: Phase, python: str, root: str | os.PathLike) -> list[str]
     return [mpirun, *root, "--oversubscribe", "-n", str(world), python, tool, *args]
 
 
+def is_complete(phase: Phase) -> bool:
+    """The phase's artifact is there and whole (it died after writing it): no need to run it again."""
+    if phase.complete_marker:
+        return Path(phase.complete_marker).exists()
+    expect = phase.env.get("GM_EXPECT_ITER", "")
+    return bool(expect) and checkpoint_iteration(phase.env["GM_CKPT_DIR"]) == expect
+
+
+def log_summary(log_path: Path, lines: int = 25) -> str:
+    """A tool's own one-line errors (``error: ...``) if it printed any, else the end of its log."""
+    text = log_path.read_text(errors="replace").splitlines()
+    errors = [line for line in text if line.startswith("error:")]
+    return "\n".join(errors[-3:] if errors else text[-lines:])
+
+
 def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphan if the driver is killed
     os.setpgrp()
@@ -64,7 +79,7 @@ class LocalExecutor:
         root: str | os.PathLike,
         python: str | None = None,
         verbose: bool = False,
-        echo: Callable[[str], None] = print,
+        echo: Callable[[str], None] = lambda s: print(s, flush=True),
     ):
         self.phases = phases
         self.state = state
@@ -105,10 +120,12 @@ class LocalExecutor:
         for dep in phase.deps:
             if not self.state.is_done(dep):
                 raise GMError(f"{phase.name}: depends on {dep}, which is not done; rerun the pipeline")
-        if phase.complete_marker and Path(phase.complete_marker).exists():
+        if is_complete(phase):
             self.state.begin(phase.name)
             self.state.end(phase.name, "done")
-            self.echo(f"[pipeline] {phase.name}: artifact already complete ({phase.complete_marker})")
+            self.echo(
+                f"[pipeline] {phase.name}: artifact already complete ({', '.join(phase.outputs.values())})"
+            )
             return 0.0
         argv = launch_argv(phase, self.python, self.root)
         env = {**os.environ, **phase_env(phase, self.state, self.python)}
@@ -140,7 +157,7 @@ class LocalExecutor:
             )
         if rc != 0:
             self.state.end(phase.name, "failed", rc)
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+            tail = log_summary(log_path)
             raise GMError(
                 f"{phase.name}: exit code {rc} after {took:.1f} s; last lines of {log_path}:\n{tail}"
             )

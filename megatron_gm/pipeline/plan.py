@@ -131,7 +131,10 @@ def influence_args(cfg: PipelineConfig, oracle: Path, out: Path) -> list[str]:
         "--data-path", cfg.data_path, "--oracle", str(oracle), "--output", str(out),
         "--mode", i.mode, "--seed", str(i.seed), "--threads", str(cfg.launch.threads), "--no-progress",
     ]  # fmt: skip
-    for flag, v in (("--epochs", i.epochs), ("--chunk-len", i.chunk_len), ("--max-chunks", i.max_chunks)):
+    for flag, v in (
+        ("--epochs", i.epochs), ("--chunk-len", i.chunk_len), ("--max-chunks", i.max_chunks),
+        ("--train-batch-size", i.train_batch_size), ("--val-count", i.val_count),
+    ):  # fmt: skip
         if v:
             args += [flag, str(v)]
     return args + list(i.extra_args)

@@ -28,8 +28,8 @@ def _test() -> PipelineConfig:
             stage_iters=8, micro_batch_size=2, global_batch_size=2, lr=1e-3, min_lr=1e-4, warmup_iters=2,
             save_interval=4, eval_interval=8, eval_iters=1, log_interval=4,
         ),
-        oracle=OracleConfig(trajectories=8, traj_len=3, ref_max_examples=4),
-        influence=InfluenceConfig(mode="fast", epochs=3, chunk_len=64, max_chunks=1),
+        oracle=OracleConfig(trajectories=16, traj_len=3, ref_max_examples=4),
+        influence=InfluenceConfig(mode="fast", epochs=3, chunk_len=64, max_chunks=1, train_batch_size=4, val_count=4),
         select=SelectConfig(ratio=0.5, num_clusters=2, kmeans_iters=5),
         launch=LaunchConfig(threads=1),
     )  # fmt: skip
