@@ -49,7 +49,10 @@ def test_plan_chains_stages_and_twin(tmp_path):
     assert _arg(ph["stage1.select"].args, "--output") == str(out / "stage1" / "selection")
     assert _arg(ph["stage1.pretrain"].args, "--gm-selection") == str(out / "stage1" / "selection")
     assert "--gm-selection" not in ph["stage0.pretrain"].args
-    assert [_arg(ph[f"stage{s}.pretrain"].args, "--train-iters") for s in range(3)] == ["150", "300", "450"]
+    # one LR schedule over all stages; each stage stops (and must be checkpointed) at its own end
+    assert {_arg(ph[f"stage{s}.pretrain"].args, "--train-iters") for s in range(3)} == {"450"}
+    assert [ph[f"stage{s}.pretrain"].env["GM_EXPECT_ITER"] for s in range(3)] == ["150", "300", "450"]
+    assert _arg(ph["stage2.pretrain"].args, "--gm-stage") == "2"
     assert ph["stage2.pretrain"].env["GM_INIT_CKPT"] == str(out / "stage1" / "checkpoints")
     # the twin: random pick from the main run's scores (same clusters and budget), its own checkpoints
     tw = ph["random.stage2.select"]
