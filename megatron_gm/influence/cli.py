@@ -40,7 +40,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chunks", type=int, default=0, help="chunks per document at most (default: all)")
     p.add_argument("--no-relation", action="store_true", help="train s(x) only (the MATES ablation)")
     p.add_argument("--epochs", type=int, default=0, help="default: 5 (full), 50 (fast)")
-    p.add_argument("--lr", type=float, default=0.0, help="default: 5e-5 (full, paper), 1e-3 (fast)")
+    p.add_argument("--lr", type=float, default=0.0, help="default: 5e-5 (full, paper), 1e-2 (fast)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--val-count", type=int, default=0, help="held-out trajectories (default min(1000, 5%%))")

@@ -53,7 +53,7 @@ from megatron_gm.influence.model import (
 from megatron_gm.manifest import Manifest, sha256_text
 
 MODES = ("full", "fast")
-DEFAULT_LR = {"full": 5e-5, "fast": 1e-3}
+DEFAULT_LR = {"full": 5e-5, "fast": 1e-2}
 DEFAULT_EPOCHS = {"full": 5, "fast": 50}
 
 
@@ -68,7 +68,7 @@ class TrainConfig:
     max_chunks: int = 0
     relation: bool = True
     epochs: int = 0  # 0 = mode default (full 5, fast 50)
-    lr: float = 0.0  # 0 = mode default (full 5e-5 as in the paper, fast 1e-3)
+    lr: float = 0.0  # 0 = mode default (full 5e-5 as in the paper, fast 1e-2)
     weight_decay: float = 0.01
     warmup_steps: int = 50
     val_count: int = 0  # 0 = min(1000, 5 %)
