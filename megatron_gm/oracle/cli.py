@@ -230,6 +230,37 @@ def check_args(args) -> None:
         )
 
 
+# Flags that shape the model or its training sample: the run must match the checkpoint's.
+ARCHITECTURE = (
+    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
+    "max_position_embeddings", "seq_length", "position_embedding_type", "untie_embeddings_and_output_weights",
+    "normalization", "swiglu", "add_bias_linear", "bf16", "fp16",
+)  # fmt: skip
+
+
+def check_architecture(args, ckpt, vocab_size: int) -> None:
+    """Refuse a run whose model differs from the checkpoint's (Megatron may load it silently)."""
+    from megatron.training.vocab_utils import calculate_padded_vocab_size
+
+    diff = []
+    for name in ARCHITECTURE:
+        have, saved = getattr(args, name, None), ckpt.saved(name)
+        if saved is not None and have != saved:
+            diff.append(f"{name}: checkpoint {saved}, this run {have}")
+    saved = ckpt.saved("padded_vocab_size")
+    have = calculate_padded_vocab_size(
+        vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, logging_enabled=False
+    )
+    if saved is not None and have != saved:
+        diff.append(
+            f"padded vocabulary: checkpoint {saved}, this run {have} (--make-vocab-size-divisible-by "
+            f"{args.make_vocab_size_divisible_by} x TP {args.tensor_model_parallel_size}); pick a "
+            "--make-vocab-size-divisible-by that gives the checkpoint's size"
+        )
+    if diff:
+        raise GMError(f"{ckpt.path}: the model flags differ from pretraining's: {'; '.join(diff)}")
+
+
 def pool_prefix(args) -> str:
     paths = [p for p in (args.data_path or []) if not _is_number(p)]
     if len(paths) != 1:
@@ -290,6 +321,7 @@ def prepare(argv: list[str]):
         candidates=cfg.candidates, trajectory_file=cfg.trajectory_file,
     )  # fmt: skip
     tokenizer = build_tokenizer(args)
+    check_architecture(args, ckpt, tokenizer.vocab_size)
     reference = build_reference(
         cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.seed
     )
