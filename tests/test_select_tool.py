@@ -78,7 +78,9 @@ def test_existing_output_is_refused_then_replaced_only_with_overwrite(scores, tm
     proc = select(scores, out, "--overwrite", "--gm-select-ratio", "0.001", ranks=2)
     assert proc.returncode != 0 and "selects nothing" in error_line(proc)
     assert snapshot(out) == before
-    # --overwrite and success: replaced, no temporary folders left behind
+    # --overwrite and success: replaced, no temporary folders left behind (nor those of a killed run)
+    (tmp_path / ".sel.tmp99999").mkdir()
+    (tmp_path / ".sel.old99998").mkdir()
     assert select(scores, out, "--overwrite", "--seed", 5).returncode == 0
     assert snapshot(out) != before
     assert sorted(os.listdir(tmp_path)) == ["sel"]

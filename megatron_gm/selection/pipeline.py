@@ -12,6 +12,7 @@ import dataclasses
 import heapq
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -460,8 +461,10 @@ def write_artifact(cfg: SelectConfig, plan: Plan, docs: np.ndarray) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     old = out.with_name(f".{out.name}.old{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    stale = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)\d+")
+    for p in out.parent.iterdir():  # left by a run killed while writing
+        if stale.fullmatch(p.name) and p.is_dir():
+            shutil.rmtree(p)
     save_selection(tmp, docs, selection_manifest(cfg, plan, int(docs.size)))
     if out.exists():
         os.replace(out, old)
