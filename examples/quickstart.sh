@@ -1,27 +1,45 @@
 #!/usr/bin/env bash
 # Quickstart on the bundled data: set up, train a tokenizer, preprocess the 20k pool into a Megatron
-# indexed dataset and report what was written. Outputs go to runs/quickstart (override with OUT=...).
-# POOL / REF point at other jsonl files; DATA at another folder holding the bundled files.
+# indexed dataset, then run the whole Group-MATES loop with the tiny preset (tools/run_pipeline.py):
+#   stage 0 on random data -> oracle -> influence model -> selection -> stage 1 on the selection,
+#   plus a twin stage 1 on a random selection of the same size, and a report comparing the two.
+# About 15 minutes on 2 CPU cores. Outputs go to runs/quickstart (override with OUT=...); rerunning
+# continues where it stopped. POOL / REF point at other jsonl files; DATA at another folder holding the
+# bundled files; PRESET picks sizes. Arguments go to tools/run_pipeline.py, e.g.
+#   bash examples/quickstart.sh --dry-run            # the plan and a FLOPs/time estimate, nothing run
+#   bash examples/quickstart.sh --mode slurm --wait  # the same loop as sbatch jobs (slurm/*.sbatch)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 DATA="${DATA:-$root/../shared/data}"
 POOL="${POOL:-$DATA/pool_20k.jsonl.gz}"
+REF="${REF:-$DATA/ref_wikitext103_valid.jsonl.gz}"
 OUT="${OUT:-$root/runs/quickstart}"
 VOCAB="${VOCAB:-8192}"
+PRESET="${PRESET:-tiny}"
 if [ ! -f "$POOL" ]; then
   echo "error: $POOL: pool not found; set DATA=<folder with pool_20k.jsonl.gz> or POOL=<your .jsonl[.gz]>" >&2
+  exit 2
+fi
+if [ ! -f "$REF" ]; then
+  echo "error: $REF: reference set not found; set DATA=<folder with the bundled files> or REF=<your .jsonl[.gz]>" >&2
   exit 2
 fi
 py="$root/.venv/bin/python"
 export PYTHONWARNINGS=ignore
 mkdir -p "$OUT"
+timed() {  # timed NAME CMD...: run CMD, print its wall time
+  local t0=$SECONDS
+  "${@:2}"
+  echo "[quickstart] $1: $((SECONDS - t0)) s"
+}
 if [ ! -f "$OUT/tokenizer.model" ]; then
-  "$py" tools/train_tokenizer.py --input "$POOL" --model-prefix "$OUT/tokenizer" --vocab-size "$VOCAB" --max-docs 20000
+  timed tokenizer "$py" tools/train_tokenizer.py --input "$POOL" --model-prefix "$OUT/tokenizer" \
+    --vocab-size "$VOCAB" --max-docs 20000
 fi
 if [ ! -f "$OUT/pool_text_document.gm.json" ]; then
-  "$py" tools/preprocess_data.py --input "$POOL" --output-prefix "$OUT/pool" \
+  timed preprocess "$py" tools/preprocess_data.py --input "$POOL" --output-prefix "$OUT/pool" \
     --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model "$OUT/tokenizer.model" --append-eod --workers 2
 fi
 "$py" - "$OUT/pool_text_document" <<'PY'
@@ -34,3 +52,5 @@ lens = ds.sequence_lengths
 print(f"dataset {info.prefix}: {info.num_docs} documents, {info.num_tokens} tokens "
       f"(median {int(sorted(lens)[len(lens) // 2])} tokens/doc), fingerprint {info.fingerprint}")
 PY
+timed loop "$py" tools/run_pipeline.py --preset "$PRESET" --out "$OUT/loop" --data-path "$OUT/pool_text_document" \
+  --tokenizer-model "$OUT/tokenizer.model" --ref "$REF" "$@"

@@ -226,3 +226,32 @@ def test_from_dict_roundtrip():
     cfg = preset("medium")
     again = PipelineConfig.from_dict(json.loads(cfg.to_json()))
     assert again == cfg
+
+
+def test_complete_artifacts_are_not_rerun(tmp_path):
+    """A phase that died after writing its artifact (marker there, or the stage's checkpoint at its end)
+    counts as complete; a stage checkpointed mid-way does not."""
+    from megatron_gm.pipeline.local import is_complete
+
+    ph = by_name(build_plan(preset("test"), tmp_path))
+    pre, sel = ph["stage1.pretrain"], ph["stage1.select"]
+    assert not is_complete(pre) and not is_complete(sel)
+    ckpt = Path(pre.env["GM_CKPT_DIR"])
+    ckpt.mkdir(parents=True)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("12\n")
+    assert not is_complete(pre)  # mid-stage (the stage ends at 16)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("16\n")
+    assert is_complete(pre)
+    Path(sel.complete_marker).parent.mkdir(parents=True)
+    Path(sel.complete_marker).write_text("{}")
+    assert is_complete(sel)
+
+
+def test_rerun_without_preset_uses_the_saved_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = preset("test")
+    cfg.train.stage_iters = 5
+    open_run(out, cfg)
+    assert cli_main(["--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "preset test" in text and "--train-iters 10" in text

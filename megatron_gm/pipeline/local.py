@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -133,6 +134,7 @@ class LocalExecutor:
         log_path = self.log_dir / f"{phase.name}.log"
         self.echo(f"[pipeline] {phase.name}: running (log {log_path})")
         t0 = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.state.begin(phase.name)
         with open(log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%F %T')} {' '.join(argv)}\n".encode())
@@ -144,25 +146,27 @@ class LocalExecutor:
             rc = self._wait(log)
         self._child = None
         took = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         if self._stop_signal is not None:
-            self.state.end(phase.name, "interrupted", rc)
+            self.state.end(phase.name, "interrupted", rc, cpu)
             raise Interrupted(f"{phase.name}: interrupted after {took:.1f} s; rerun to continue")
         expect = phase.env.get("GM_EXPECT_ITER", "")
         if rc == 0 and expect and checkpoint_iteration(phase.env["GM_CKPT_DIR"]) != expect:
             got = checkpoint_iteration(phase.env["GM_CKPT_DIR"]) or "none"
-            self.state.end(phase.name, "interrupted", rc)
+            self.state.end(phase.name, "interrupted", rc, cpu)
             raise GMError(
                 f"{phase.name}: exited at checkpoint iteration {got} before the stage's end ({expect}); "
                 f"see {log_path}, then rerun to continue"
             )
         if rc != 0:
-            self.state.end(phase.name, "failed", rc)
+            self.state.end(phase.name, "failed", rc, cpu)
             tail = log_summary(log_path)
             raise GMError(
                 f"{phase.name}: exit code {rc} after {took:.1f} s; last lines of {log_path}:\n{tail}"
             )
-        self.state.end(phase.name, "done")
-        self.echo(f"[pipeline] {phase.name}: done in {took:.1f} s")
+        self.state.end(phase.name, "done", cpu_seconds=cpu)
+        self.echo(f"[pipeline] {phase.name}: done in {took:.1f} s ({cpu:.1f} CPU-seconds)")
         return took
 
     def _wait(self, log) -> int:

@@ -46,7 +46,7 @@ def _tiny() -> PipelineConfig:
             save_interval=50, eval_interval=50, eval_iters=8, log_interval=25,
         ),
         oracle=OracleConfig(trajectories=96, traj_len=10, ref_max_examples=32),
-        influence=InfluenceConfig(mode="fast", chunk_len=128, max_chunks=1),
+        influence=InfluenceConfig(mode="fast", chunk_len=64, max_chunks=1),
         select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=20),
         launch=LaunchConfig(threads=2),
     )  # fmt: skip

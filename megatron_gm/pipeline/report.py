@@ -51,6 +51,7 @@ def build_report(out: Path, phases: list[Phase], state: RunState) -> dict[str, A
         r = recs.get(p.name, {})
         rows.append({
             "phase": p.name, "status": r.get("status", "pending"), "seconds": r.get("seconds"),
+            "cpu_seconds": r.get("cpu_seconds"),
             "attempts": r.get("attempts", 0), "outputs": p.outputs,
         })  # fmt: skip
     stages: dict[int, dict[str, Any]] = {}
@@ -68,16 +69,18 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"Group-MATES run {report['run']}",
         "",
-        "phase                        status       seconds  attempts",
+        "phase                        status       seconds  CPU-seconds  attempts",
     ]
-    total = 0.0
+    total = cpu_total = 0.0
     for r in report["phases"]:
-        sec = r["seconds"]
+        sec, cpu = r["seconds"], r.get("cpu_seconds")
         total += sec or 0.0
+        cpu_total += cpu or 0.0
         lines.append(
-            f"{r['phase']:<28} {r['status']:<11} {'-' if sec is None else f'{sec:8.1f}':>8}  {r['attempts']:>8}"
+            f"{r['phase']:<28} {r['status']:<11} {'-' if sec is None else f'{sec:8.1f}':>8}  "
+            f"{'-' if cpu is None else f'{cpu:11.1f}':>11}  {r['attempts']:>8}"
         )
-    lines.append(f"{'total':<28} {'':<11} {total:8.1f}")
+    lines.append(f"{'total':<28} {'':<11} {total:8.1f}  {cpu_total:11.1f}")
     lines += ["", "validation loss at the end of each stage (lower is better)",
               "stage  group-mates  random-twin   (train loss: group / random)"]  # fmt: skip
     for stage, v in report["losses"].items():

@@ -89,7 +89,8 @@ class RunState:
             if job_id:
                 rec["job_id"] = str(job_id)
 
-    def end(self, phase: str, status: str, rc: int = 0) -> None:
+    def end(self, phase: str, status: str, rc: int = 0, cpu_seconds: float | None = None) -> None:
+        """Close an attempt; ``cpu_seconds`` (user + system of the phase's processes) adds up too."""
         if status not in ("done", "failed", "interrupted"):
             raise ValueError(status)
         with self.update() as data:
@@ -99,6 +100,8 @@ class RunState:
             if started is not None and rec.get("status") == "running":
                 rec["last_seconds"] = round(now - float(started), 3)
                 rec["seconds"] = round(float(rec.get("seconds", 0.0)) + rec["last_seconds"], 3)
+            if cpu_seconds is not None:
+                rec["cpu_seconds"] = round(float(rec.get("cpu_seconds", 0.0)) + cpu_seconds, 3)
             rec.update(status=status, finished=now, rc=int(rc))
 
     def reset(self, phase: str) -> None:
