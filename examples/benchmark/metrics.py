@@ -1,0 +1,92 @@
+"""Pure numerics of the benchmark: token efficiency on a loss curve, seed aggregation, overhead FLOPs.
+
+No I/O, no Megatron: unit-tested in tests/test_benchmark_metrics.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> float | None:
+    """Tokens at which the piecewise-linear curve (tokens ascending) first reaches ``target`` loss.
+
+    None when the curve never gets that low (the other method is better than the whole curve).
+    """
+    t = np.asarray(tokens, dtype=np.float64)
+    y = np.asarray(losses, dtype=np.float64)
+    if t.ndim != 1 or t.shape != y.shape or len(t) == 0:
+        raise ValueError("tokens and losses must be 1-d and of the same non-zero length")
+    if np.any(np.diff(t) <= 0):
+        raise ValueError("tokens must be strictly ascending")
+    if y[0] <= target:
+        return float(t[0])
+    for i in range(1, len(t)):
+        if y[i] <= target:
+            frac = (y[i - 1] - target) / (y[i - 1] - y[i])
+            return float(t[i - 1] + frac * (t[i] - t[i - 1]))
+    return None
+
+
+@dataclasses.dataclass
+class Efficiency:
+    value: float  # tokens random needs / tokens the method used
+    lower_bound: bool  # random never reached the loss: value uses random's last point (a lower bound)
+
+
+def token_efficiency(
+    random_tokens: list[float], random_losses: list[float], method_final_loss: float, method_tokens: float
+) -> Efficiency:
+    """Tokens random needs to reach the method's final loss (interpolated on random's curve) ÷ the
+    method's tokens. If random never gets there, random's total is used and flagged as a lower bound."""
+    if method_tokens <= 0:
+        raise ValueError("method_tokens must be positive")
+    need = tokens_to_reach(random_tokens, random_losses, method_final_loss)
+    if need is None:
+        return Efficiency(float(random_tokens[-1]) / method_tokens, True)
+    return Efficiency(need / method_tokens, False)
+
+
+@dataclasses.dataclass
+class Aggregate:
+    mean: float
+    std: float  # sample standard deviation (ddof=1); 0 for one seed
+    lo: float
+    hi: float
+    n: int
+
+
+def aggregate(values: list[float]) -> Aggregate:
+    """Across seeds (NaN / None values are dropped)."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return Aggregate(math.nan, math.nan, math.nan, math.nan, 0)
+    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return Aggregate(float(v.mean()), std, float(v.min()), float(v.max()), len(v))
+
+
+def curve_band(
+    curves: list[tuple[list[float], list[float]]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seed band of curves on their common token grid (points all seeds have): x, mean, min, max."""
+    common = sorted(set.intersection(*[set(map(float, c[0])) for c in curves])) if curves else []
+    x = np.asarray(common, dtype=np.float64)
+    ys = np.asarray([[dict(zip(map(float, t), y))[k] for k in common] for t, y in curves], dtype=np.float64)
+    if len(common) == 0:
+        return x, x, x, x
+    return x, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def wins(method: list[float], baseline: list[float]) -> tuple[int, int]:
+    """Seeds where the method's loss is strictly lower than the baseline's (paired by seed), of how many."""
+    pairs = [(a, b) for a, b in zip(method, baseline, strict=True) if a is not None and b is not None]
+    return sum(a < b for a, b in pairs), len(pairs)
+
+
+def overhead_share(overhead_s: float, pretrain_s: float) -> float:
+    """Share of the whole run's time spent on selection overhead."""
+    total = overhead_s + pretrain_s
+    return overhead_s / total if total > 0 else math.nan

@@ -1,0 +1,47 @@
+"""examples/benchmark/metrics.py: token efficiency interpolation and seed aggregation (not the benchmark)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "benchmark"))
+
+from metrics import aggregate, curve_band, overhead_share, token_efficiency, tokens_to_reach, wins  # noqa: E402
+
+
+def test_tokens_to_reach_interpolates_the_first_crossing():
+    t, y = [0, 100, 200, 300], [10.0, 8.0, 6.0, 7.0]
+    assert tokens_to_reach(t, y, 7.0) == pytest.approx(150.0)  # between 8 @100 and 6 @200
+    assert tokens_to_reach(t, y, 8.0) == pytest.approx(100.0)
+    assert tokens_to_reach(t, y, 11.0) == 0.0  # already there at the start
+    assert tokens_to_reach(t, y, 5.0) is None  # never
+    with pytest.raises(ValueError):
+        tokens_to_reach([0, 0, 1], [3, 2, 1], 2.5)
+
+
+def test_token_efficiency():
+    t, y = [0, 100, 200], [10.0, 8.0, 6.0]
+    e = token_efficiency(t, y, 7.0, 100.0)  # random needs 150 tokens for what the method did in 100
+    assert e.value == pytest.approx(1.5) and not e.lower_bound
+    e = token_efficiency(t, y, 6.0, 200.0)  # equal to random: 1
+    assert e.value == pytest.approx(1.0)
+    e = token_efficiency(t, y, 5.0, 200.0)  # better than random ever got: lower bound 200/200
+    assert e.value == pytest.approx(1.0) and e.lower_bound
+    e = token_efficiency(t, y, 9.0, 200.0)  # worse: random needs 50
+    assert e.value == pytest.approx(0.25)
+
+
+def test_aggregate_and_wins_and_band():
+    a = aggregate([1.0, 2.0, 3.0, None, math.nan])
+    assert (a.mean, a.lo, a.hi, a.n) == (2.0, 1.0, 3.0, 3)
+    assert a.std == pytest.approx(1.0)  # sample std
+    assert aggregate([4.0]).std == 0.0 and aggregate([]).n == 0
+    assert wins([1.0, 2.0, 3.0], [1.5, 2.0, 2.5]) == (1, 3)
+    x, mean, lo, hi = curve_band([([0, 10, 20], [5.0, 4.0, 3.0]), ([0, 10], [7.0, 2.0])])
+    assert x.tolist() == [0.0, 10.0] and mean.tolist() == [6.0, 3.0]
+    assert lo.tolist() == [5.0, 2.0] and hi.tolist() == [7.0, 4.0]
+    assert overhead_share(25.0, 75.0) == pytest.approx(0.25)
