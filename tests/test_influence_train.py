@@ -147,9 +147,7 @@ def test_two_processes_match_one_and_resume_continues(world, tmp_path):
     m2 = [x["mse"] for x in r2["main"]["history"]]
     np.testing.assert_allclose(m2, m1, rtol=1e-3)
     assert r3["main"]["steps"] == r1["main"]["steps"] == 8
-    assert (
-        tmp_path / "cut_train" / "main" / "checkpoints" / "latest"
-    ).read_text().strip() == "step0000008"
+    assert (tmp_path / "cut_train" / "main" / "checkpoints" / "latest").read_text().strip() == "step0000008"
     assert (tmp_path / "one" / "encoder" / "model.safetensors").exists()  # full mode saves the tuned encoder
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
         "config.json",
