@@ -165,18 +165,13 @@ def lr_lambda(warmup: int, total: int):
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weight matrices only (not on biases, norms, α, τ)."""
     decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.dim() >= 2 else no_decay).append(p)
-        del name
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-# -- embeddings for fast mode --------------------------------------------------------------------------
 
 
 # -- one training run ----------------------------------------------------------------------------------
