@@ -28,6 +28,7 @@ from megatron_gm.pipeline.estimate import estimate_plan, human_flops, human_time
 from megatron_gm.pipeline.plan import DEFAULT_REF, Phase, build_plan
 from megatron_gm.pipeline.presets import PRESETS, preset
 from megatron_gm.pipeline.run import ROOT
+from megatron_gm.pipeline.slurm import describe_resources
 from megatron_gm.pipeline.state import RunState
 
 
@@ -102,21 +103,24 @@ def print_plan(
           f"mode {mode}, run folder {out}")  # fmt: skip
     print(f"pool: {pool.num_docs} documents, {pool.num_tokens / 1e6:.2f}M tokens ({src})")
     print(f"estimate assumes {hw.name}; rough, orders of magnitude\n")
-    head = f"{'phase':<26} {'after':<40} {'launch':<22} {'est. FLOPs':>12} {'est. time':>10}  note"
+    print("resources per job: nodes x tasks per node x CPUs per task[, GPUs per node], time limit")
+    print("launch: torchrun NODESxPROCS_PER_NODE, or mpi NODESxRANKS_PER_NODE\n")
+    head = f"{'phase':<24} {'after':<38} {'launch':<14} {'resources':<28} {'est. FLOPs':>12} {'est. time':>9}  note"
     print(head)
     print("-" * len(head))
     total_t = total_f = 0.0
     for p, e in zip(phases, ests):
         done = state is not None and state.is_done(p.name)
-        how = f"{p.launcher} {p.nodes}x{p.procs_per_node}" + (f" {cfg.launch.gpus_per_node}gpu" if cfg.launch.gpus_per_node and p.launcher == "torchrun" else "")  # fmt: skip
+        how = f"{p.launcher} {p.nodes}x{p.procs_per_node}"
         after = ", ".join(p.deps) or "-"
-        print(f"{p.name:<26} {after:<40} {how:<22} {human_flops(e.flops):>12} {human_time(e.seconds):>10}  "
-              f"{e.note}{' [done]' if done else ''}")  # fmt: skip
+        res = describe_resources(p, cfg.launch)
+        print(f"{p.name:<24} {after:<38} {how:<14} {res:<28} {human_flops(e.flops):>12} "
+              f"{human_time(e.seconds):>9}  {e.note}{' [done]' if done else ''}")  # fmt: skip
         if not done:
             total_t += e.seconds
             total_f += e.flops
-    print(f"{'left to run':<26} {'':<40} {'':<22} {human_flops(total_f):>12} {human_time(total_t):>10}  "
-          "(phases in sequence; the twin can overlap on Slurm)")  # fmt: skip
+    print(f"{'left to run':<24} {'':<38} {'':<14} {'':<28} {human_flops(total_f):>12} {human_time(total_t):>9}  "
+          "(in sequence; on Slurm the twin overlaps)")  # fmt: skip
 
 
 @cli_main

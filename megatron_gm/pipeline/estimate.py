@@ -2,7 +2,8 @@
 
 FLOPs (forward + backward = 3x forward):
 - pretrain: 6·N·D + 12·L·s·h·D for D tokens (Kaplan et al.; attention counted dense), plus evaluation.
-- oracle: per trajectory T one-sequence training steps and T+1 reference-set evaluations (2·N per token).
+- oracle: per trajectory T one-sequence training steps and T+1 reference-set evaluations (2·N per token,
+  each reference example at most REF_TOKENS long).
 - influence: encoder forward over the trajectories' documents (fast mode: once; full: every epoch, x3).
 - select: encoder forward over the whole pool, plus k-means (2·n·k·d per iteration) and the greedy pick.
 
@@ -18,6 +19,7 @@ import dataclasses
 from megatron_gm.pipeline.config import PipelineConfig
 from megatron_gm.pipeline.plan import Phase
 
+REF_TOKENS = 512  # a reference example's length at most (WikiText chunks ~500 tokens, FLAN shorter)
 ENCODER_PARAMS = 22_700_000  # all-MiniLM-L6-v2 (the bundled encoder); bge-base is ~110M
 
 
@@ -85,7 +87,7 @@ def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardw
         rate, note = hw.flops_lm, f"{tokens / 1e6:.2f}M tokens"
     elif phase.kind == "oracle":
         step = m.seq_length * _lm_flops_per_token(cfg, True)
-        ref = o.ref_max_examples * m.seq_length * _lm_flops_per_token(cfg, False)
+        ref = o.ref_max_examples * min(m.seq_length, REF_TOKENS) * _lm_flops_per_token(cfg, False)
         flops = o.trajectories * (o.traj_len * step + (o.traj_len + 1) * ref)
         rate, note = hw.flops_probe, f"{o.trajectories} trajectories x T={o.traj_len}"
     elif phase.kind == "influence":

@@ -45,7 +45,7 @@ def _tiny() -> PipelineConfig:
             stage_iters=150, micro_batch_size=8, global_batch_size=8, lr=2e-3, min_lr=2e-4, warmup_iters=10,
             save_interval=50, eval_interval=50, eval_iters=8, log_interval=25,
         ),
-        oracle=OracleConfig(trajectories=96, traj_len=10, ref_max_examples=32),
+        oracle=OracleConfig(trajectories=64, traj_len=10, ref_max_examples=16),
         influence=InfluenceConfig(mode="fast", chunk_len=64, max_chunks=1),
         select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=20),
         launch=LaunchConfig(threads=2),

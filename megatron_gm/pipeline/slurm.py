@@ -29,14 +29,22 @@ ACTIVE = {
 }  # fmt: skip
 
 
+def task_shape(phase: Phase, launch: LaunchConfig) -> tuple[int, int]:
+    """(Slurm tasks per node, CPUs per task): one torchrun task per node, or one task per MPI rank."""
+    if phase.launcher == "torchrun":
+        return 1, launch.cpus_per_task or phase.threads * phase.procs_per_node
+    return phase.procs_per_node, launch.cpus_per_task or phase.threads
+
+
+def describe_resources(phase: Phase, launch: LaunchConfig) -> str:
+    tasks, cpus = task_shape(phase, launch)
+    gpus = f", {launch.gpus_per_node} gpu" if launch.gpus_per_node and phase.launcher == "torchrun" else ""
+    return f"{phase.nodes}N x {tasks}T x {cpus}c{gpus}, {phase.time_limit}"
+
+
 def sbatch_options(phase: Phase, launch: LaunchConfig, log_dir: Path, run_name: str) -> list[str]:
     """Resources and requeue settings of one phase's job (the sbatch script's #SBATCH lines are defaults)."""
-    if phase.launcher == "torchrun":
-        tasks_per_node = 1
-        cpus = launch.cpus_per_task or phase.threads * phase.procs_per_node
-    else:
-        tasks_per_node = phase.procs_per_node
-        cpus = launch.cpus_per_task or phase.threads
+    tasks_per_node, cpus = task_shape(phase, launch)
     opts = [
         f"--job-name=gm.{run_name}.{phase.name}",
         f"--output={log_dir}/{phase.name}.%j.log",
