@@ -98,7 +98,14 @@ def flops_projection(cfg: dict) -> dict:
         "(megatron_gm/pipeline/estimate.py). Utilisation differences (probing one sequence at a time runs "
         "far below training MFU) are not in the FLOPs share."
     )
-    return {"this_run": here, "paper_1b_1x": paper, "assumptions": assumptions}
+    big.oracle.ref_max_examples = 16  # sensitivity: the oracle's reference evaluations dominate its cost
+    paper_small_ref = split(big, PoolStats(int(pool_tokens / 1000), int(pool_tokens), False))
+    return {
+        "this_run": here,
+        "paper_1b_1x": paper,
+        "paper_1b_1x_ref16": paper_small_ref,
+        "assumptions": assumptions,
+    }
 
 
 def composition(prefix: str, selections: dict[str, Path]) -> dict:
@@ -329,6 +336,14 @@ def markdown(res: dict, table: dict, eff: dict, stages: int, pngs: list[str], a)
         lines.append(
             f"| {m} | " + " | ".join(cells) + f" | {_fmt(f['lambada_loss'])} | {_fmt(f['lambada_acc'])} |"
         )
+    lines += ["", "LAMBADA (eval half) after each stage: final-word loss / accuracy", "",
+              "| method | " + " | ".join(f"stage {s}" for s in range(stages)) + " |", "|---" * (stages + 1) + "|"]  # fmt: skip
+    for m in METHODS:
+        cells = [
+            f"{_fmt(table[(m, s)]['lambada_loss'], 3)} / {_fmt(table[(m, s)]['lambada_acc'], 3)}"
+            for s in range(stages)
+        ]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "Mean ± sample std over seeds. Final reference loss per seed:", ""]
     for m, v in res["final_ref_loss_per_seed"].items():
         lines.append(f"- {m}: " + ", ".join(f"{x:.4f}" for x in v))
@@ -358,7 +373,8 @@ def markdown(res: dict, table: dict, eff: dict, stages: int, pngs: list[str], a)
               "FLOPs model (same formulas as the pipeline's dry-run estimate):", "",
               "| setting | pretrain FLOPs | oracle | influence | scoring+selection | overhead share |",
               "|---|---|---|---|---|---|"]  # fmt: skip
-    for name, key in (("this run", "this_run"), ("paper 1B-1x (projected)", "paper_1b_1x")):
+    for name, key in (("this run", "this_run"), ("paper 1B-1x (projected)", "paper_1b_1x"),
+                      ("1B-1x, oracle on 16 reference sequences", "paper_1b_1x_ref16")):  # fmt: skip
         x = fl[key]
         lines.append(f"| {name} | {x['pretrain']:.3g} | {x['oracle']:.3g} | {x['influence']:.3g} | "
                      f"{x['select']:.3g} | {x['overhead_share']:.1%} |")  # fmt: skip

@@ -60,14 +60,21 @@ def _parser() -> argparse.ArgumentParser:
 def pipeline_sets(quick: bool, seed: int) -> tuple[str, list[str]]:
     """(preset, --set list) shared by every method: equal model, tokens, steps and schedule."""
     seeds = [f"{k}.seed={seed}" for k in ("train", "oracle", "influence", "select")]
+    # the pipeline's oracle command lacks --gm-stage-iters, which collect_oracle needs from stage 1 on
+    iters = 30 if quick else 120
+    seeds.append(f"oracle.extra_args=--gm-stage-iters {iters}")
     if quick:
         return "test", seeds + [
-            "train.stage_iters=30", "train.micro_batch_size=4", "train.global_batch_size=4",
+            f"train.stage_iters={iters}", "train.micro_batch_size=4", "train.global_batch_size=4",
             "train.save_interval=10", "train.eval_interval=1000", "train.eval_iters=1", "train.lr=3e-3",
             "train.warmup_iters=5", "oracle.trajectories=24", "oracle.traj_len=4", "oracle.ref_max_examples=8",
             "influence.val_count=4", "select.num_clusters=4",
         ]  # fmt: skip
-    return "tiny", seeds + ["train.stage_iters=120", "train.save_interval=40", "train.eval_interval=1000"]
+    return "tiny", seeds + [
+        f"train.stage_iters={iters}",
+        "train.save_interval=40",
+        "train.eval_interval=1000",
+    ]
 
 
 def run(cmd: list[str], log: Path | None = None) -> str:
