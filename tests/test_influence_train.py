@@ -229,3 +229,24 @@ def test_cli_errors_are_one_line_and_write_nothing(world, tmp_path):
     last = run(tmp_path / "ok", tmp_path / "noenc")
     assert last.startswith("error: ") and "no HF encoder here" in last
     assert not (tmp_path / "out").exists() and not (tmp_path / "out_train").exists()
+
+
+def _cache(rank, world_size, enc, prefix, docs, folder, fingerprint):
+    from megatron_gm.influence import InfluenceModel, ModelConfig
+    from megatron_gm.influence.embed import cached_embeddings
+
+    torch.set_num_threads(1)
+    model = InfluenceModel(ModelConfig(str(enc)))
+    return cached_embeddings("enc", model, prefix, docs, folder, 16, fingerprint, False, per_shard=16)
+
+
+@pytest.mark.timeout(120)
+def test_embedding_cache_split_across_two_ranks(world, tmp_path):
+    """Fast mode's cache: ranks embed alternate shards; every rank gets all vectors, equal to one process's."""
+    info, h = world["info"], world["h"]
+    docs = np.arange(5, 75, dtype=np.int64)  # 5 shards of 16 (the last one short)
+    out = run_distributed_test(_cache, 2, world["enc"], info.prefix, docs, tmp_path, info.fingerprint)
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], h[docs].astype(np.float32))
+    folder = next(tmp_path.glob("embeddings-*"))
+    assert len(list(folder.glob("*.done"))) == 5
