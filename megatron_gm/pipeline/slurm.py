@@ -67,12 +67,15 @@ def sbatch_options(phase: Phase, launch: LaunchConfig, log_dir: Path, run_name: 
 
 
 def queue_states(job_ids: list[str]) -> dict[str, str] | None:
-    """job id -> Slurm state for the given jobs that slurmctld still knows; None if squeue failed."""
+    """job id -> Slurm state for the given jobs that slurmctld still knows; None if squeue failed.
+
+    A job pending on a dependency that can never be met (its reason DependencyNeverSatisfied: an
+    upstream job failed and the job was not cancelled for it) is reported as ``DEAD``."""
     if not job_ids:
         return {}
     # all of this user's jobs: ``-j`` with one id slurmctld has forgotten fails the whole query
     r = subprocess.run(
-        ["squeue", "--me", "-h", "-a", "-t", "all", "-o", "%i %T"], capture_output=True, text=True
+        ["squeue", "--me", "-h", "-a", "-t", "all", "-o", "%i %T %r"], capture_output=True, text=True
     )
     if r.returncode != 0:
         return None
@@ -80,8 +83,9 @@ def queue_states(job_ids: list[str]) -> dict[str, str] | None:
     out = {}
     for line in r.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] in wanted:
-            out[parts[0]] = parts[1]
+        if len(parts) >= 2 and parts[0] in wanted:
+            dead = parts[1] == "PENDING" and len(parts) > 2 and parts[2] == "DependencyNeverSatisfied"
+            out[parts[0]] = "DEAD" if dead else parts[1]
     return out
 
 
@@ -135,6 +139,8 @@ class SlurmDriver:
             if status == "done":
                 continue
             job = recorded.get(p.name, "")
+            if job and live.get(job) == "DEAD":
+                subprocess.run(["scancel", job], capture_output=True)
             if job and live.get(job) in ACTIVE:
                 jobs[p.name] = job
                 self.echo(f"[pipeline] {p.name}: job {job} is {live[job].lower()}, kept")
@@ -161,9 +167,17 @@ class SlurmDriver:
         deadline = None if timeout is None else time.monotonic() + timeout
         names = [p.name for p in self.phases]
         misses: dict[str, int] = {}
+        shown = ""
         while True:
             phases = self.state.phases()
             pending = [n for n in names if phases.get(n, {}).get("status") != "done"]
+            running = [n for n in pending if phases.get(n, {}).get("status") == "running"]
+            line = (
+                f"{len(names) - len(pending)}/{len(names)} phases done; running: {', '.join(running) or '-'}"
+            )
+            if line != shown:
+                self.echo(f"[pipeline] {line}")
+                shown = line
             if not pending:
                 return
             jobs = {n: phases.get(n, {}).get("job_id", "") for n in pending}
