@@ -145,7 +145,7 @@ def pipeline_argv(a, seed_dir: Path, method: str, prefix: str, tok: str, seed: i
 def share_round_one(a, seed_dir: Path, method: str, argv: list[str], prefix: str) -> None:
     """Start ``method``'s run folder from group's stage 0 and select round 1 from group's scores."""
     from megatron_gm.pipeline.cli import build_parser, make_config
-    from megatron_gm.pipeline.plan import select_args
+    from megatron_gm.pipeline.plan import build_plan, select_args
     from megatron_gm.pipeline.run import open_run
 
     d = seed_dir / method
@@ -153,13 +153,13 @@ def share_round_one(a, seed_dir: Path, method: str, argv: list[str], prefix: str
     state = open_run(d, cfg)
     if not (d / "stage0").exists():
         (d / "stage0").symlink_to(Path("..") / "group" / "stage0")
-    for kind in ("pretrain", "oracle", "influence"):
-        name = f"stage0.{kind}"
+    stage0 = [ph.name for ph in build_plan(cfg, d) if ph.stage == 0 and ph.branch == "main"]
+    for name in stage0:  # pretrain, oracle, influence (+ the bootstrap round where configured)
         if not state.is_done(name):
             state.begin(name)
             state.end(name, "done")  # shared: its cost is booked once, in group's run
         log = d / "logs" / f"{name}.log"
-        if not log.exists():
+        if not log.exists() and not log.is_symlink():
             log.symlink_to(Path("..") / ".." / "group" / "logs" / f"{name}.log")
     sel = d / "stage1" / "selection"
     if not (sel / "manifest.json").exists():
