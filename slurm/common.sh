@@ -173,3 +173,9 @@ gm_mpi() {
       ;;
   esac
 }
+
+# One process (a tool that is neither distributed nor MPI), as one Slurm task.
+gm_single() {
+  gm_log "$GM_PHASE: job ${SLURM_JOB_ID:-?} on ${SLURM_JOB_NODELIST:-?}"
+  gm_run srun --kill-on-bad-exit=1 --ntasks=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$GM_PYTHON" "$@"
+}

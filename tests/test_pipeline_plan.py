@@ -66,6 +66,28 @@ def test_plan_chains_stages_and_twin(tmp_path):
     assert ph["stage1.select"].complete_marker == str(out / "stage1" / "selection" / "manifest.json")
 
 
+def test_bootstrap_round(tmp_path):
+    """METHOD step 3: beam-search with the first model, probe those trajectories from the same
+    checkpoint, retrain on both stores; the selection uses the retrained model."""
+    cfg = preset("test")
+    cfg.override("oracle.bootstrap_beams=4")
+    ph = by_name(build_plan(cfg, tmp_path))
+    out = tmp_path.resolve() / "stage0"
+    assert [n for n in ph if n.startswith("stage0.")] == [
+        "stage0.pretrain", "stage0.oracle", "stage0.influence", "stage0.bootstrap",
+        "stage0.oracle_bootstrap", "stage0.influence_bootstrap",
+    ]  # fmt: skip
+    bs, ob, ib = ph["stage0.bootstrap"], ph["stage0.oracle_bootstrap"], ph["stage0.influence_bootstrap"]
+    assert _arg(bs.args, "--model") == str(out / "influence") and _arg(bs.args, "--beams-per-tail") == "4"
+    assert bs.launcher == "single" and bs.script == "slurm/bootstrap.sbatch"
+    assert _arg(ob.args, "--gm-oracle-trajectory-file") == str(out / "bootstrap")
+    assert _arg(ob.args, "--load") == str(out / "checkpoints") and "--gm-oracle-trajectories" not in ob.args
+    i = ib.args.index("--oracle")
+    assert ib.args[i + 1 : i + 3] == [str(out / "oracle"), str(out / "oracle_bootstrap")]
+    assert ph["stage1.select"].deps == ["stage0.influence_bootstrap"]
+    assert _arg(ph["stage1.select"].args, "--gm-influence-model") == str(out / "influence_bootstrap")
+
+
 def test_one_stage_is_just_pretraining(tmp_path):
     cfg = preset("test")
     cfg.stages = 1

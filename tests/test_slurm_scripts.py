@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = sorted((ROOT / "slurm").glob("*.sbatch"))
 SCRIPTS = [*SBATCH, ROOT / "slurm" / "common.sh", ROOT / "examples" / "quickstart.sh"]
-PHASES = {"pretrain_stage", "collect_oracle", "train_influence", "select_data"}
+PHASES = {"pretrain_stage", "collect_oracle", "train_influence", "bootstrap", "select_data"}
 
 
 def test_one_sbatch_script_per_phase():

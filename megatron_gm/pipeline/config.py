@@ -72,6 +72,11 @@ class OracleConfig:
     ref_path: str = ""  # default: the bundled WikiText-103 reference set
     ref_max_examples: int = 32
     seed: int = 1234
+    # the bootstrap round (METHOD step 3): beam-searched trajectories per tail (0: no bootstrap round),
+    # beam width, and how many random pool documents the search draws from (0: the whole pool)
+    bootstrap_beams: int = 0
+    bootstrap_width: int = 5
+    bootstrap_probe_count: int = 0
     extra_args: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -116,6 +121,7 @@ class LaunchConfig:
     time_pretrain: str = "01:00:00"
     time_oracle: str = "01:00:00"
     time_influence: str = "01:00:00"
+    time_bootstrap: str = "01:00:00"
     time_select: str = "01:00:00"
     signal_seconds: int = 120  # Slurm sends SIGUSR1 this long before the time limit: save, requeue
     sbatch_args: list[str] = dataclasses.field(default_factory=list)

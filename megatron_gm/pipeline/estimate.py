@@ -2,8 +2,9 @@
 
 FLOPs (forward + backward = 3x forward):
 - pretrain: 6·N·D + 12·L·s·h·D for D tokens (Kaplan et al.; attention counted dense), plus evaluation.
-- oracle: per trajectory T one-sequence training steps and T+1 reference-set evaluations (2·N per token,
-  each reference example at most REF_TOKENS long).
+- oracle: per trajectory T one-sequence training steps and T+1 reference-set evaluations (2·N per token;
+  the reference set is packed into seq-length samples).
+- bootstrap: encoder forward over the searched documents, plus the beam search (2·d per candidate).
 - influence: encoder forward over the trajectories' documents (fast mode: once; full: every epoch, x3).
 - select: encoder forward over the whole pool, plus k-means (2·n·k·d per iteration) and the greedy pick.
 
@@ -19,7 +20,6 @@ import dataclasses
 from megatron_gm.pipeline.config import PipelineConfig
 from megatron_gm.pipeline.plan import Phase
 
-REF_TOKENS = 512  # a reference example's length at most (WikiText chunks ~500 tokens, FLAN shorter)
 ENCODER_PARAMS = 22_700_000  # all-MiniLM-L6-v2 (the bundled encoder); bge-base is ~110M
 
 
@@ -34,11 +34,11 @@ class Hardware:
 
 CPU = Hardware(
     "CPU (2-core calibration, per process)", 4e9, 1.5e9, 6e9,
-    {"pretrain": 20.0, "oracle": 20.0, "influence": 25.0, "select": 15.0},
+    {"pretrain": 20.0, "oracle": 20.0, "influence": 25.0, "bootstrap": 20.0, "select": 15.0},
 )  # fmt: skip
 H100 = Hardware(
     "GPU (H100 bf16: 35% MFU training, 10% probing, 30% encoder)", 0.35 * 989e12, 0.10 * 989e12,
-    0.30 * 989e12, {"pretrain": 120.0, "oracle": 120.0, "influence": 90.0, "select": 90.0},
+    0.30 * 989e12, {"pretrain": 120.0, "oracle": 120.0, "influence": 90.0, "bootstrap": 60.0, "select": 90.0},
 )  # fmt: skip
 
 
@@ -86,12 +86,20 @@ def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardw
         flops = tokens * _lm_flops_per_token(cfg, True) + evals * _lm_flops_per_token(cfg, False)
         rate, note = hw.flops_lm, f"{tokens / 1e6:.2f}M tokens"
     elif phase.kind == "oracle":
+        n = 2 * o.bootstrap_beams if phase.name.endswith("_bootstrap") else o.trajectories
         step = m.seq_length * _lm_flops_per_token(cfg, True)
-        ref = o.ref_max_examples * min(m.seq_length, REF_TOKENS) * _lm_flops_per_token(cfg, False)
-        flops = o.trajectories * (o.traj_len * step + (o.traj_len + 1) * ref)
-        rate, note = hw.flops_probe, f"{o.trajectories} trajectories x T={o.traj_len}"
+        ref = o.ref_max_examples * m.seq_length * _lm_flops_per_token(cfg, False)
+        flops = n * (o.traj_len * step + (o.traj_len + 1) * ref)
+        rate, note = hw.flops_probe, f"{n} trajectories x T={o.traj_len}"
+    elif phase.kind == "bootstrap":
+        probe = o.bootstrap_probe_count or pool.num_docs
+        embed = probe * enc_tokens_per_doc * 2 * ENCODER_PARAMS
+        search = 2 * o.traj_len * o.bootstrap_beams * o.bootstrap_width * probe * 384 * 2
+        flops = embed + search
+        rate, note = hw.flops_encoder, f"{probe} documents searched, 2 x {o.bootstrap_beams} beams"
     elif phase.kind == "influence":
-        docs = min(pool.num_docs, o.trajectories * o.traj_len)
+        n = o.trajectories + (2 * o.bootstrap_beams if phase.name.endswith("_bootstrap") else 0)
+        docs = min(pool.num_docs, n * o.traj_len)
         fwd = docs * enc_tokens_per_doc * 2 * ENCODER_PARAMS
         epochs = 1 if i.mode == "fast" else 3 * (i.epochs or 5)
         flops = fwd * epochs

@@ -35,7 +35,7 @@ def launch_argv(phase: Phase, python: str, root: str | os.PathLike) -> list[str]
             python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
             "--nproc-per-node", str(world), tool, *args,
         ]  # fmt: skip
-    if world == 1:
+    if world == 1 or phase.launcher == "single":
         return [python, tool, *args]
     mpirun = shutil.which("mpirun")
     if mpirun is None:

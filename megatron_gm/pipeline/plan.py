@@ -27,6 +27,7 @@ TOOLS = {
     "pretrain": ("pretrain_gpt_gm.py", "torchrun", "slurm/pretrain_stage.sbatch"),
     "oracle": ("tools/collect_oracle.py", "torchrun", "slurm/collect_oracle.sbatch"),
     "influence": ("tools/train_influence_model.py", "torchrun", "slurm/train_influence.sbatch"),
+    "bootstrap": ("tools/bootstrap_trajectories.py", "single", "slurm/bootstrap.sbatch"),
     "select": ("tools/select_data.py", "mpi", "slurm/select_data.sbatch"),
 }
 
@@ -42,7 +43,7 @@ class Phase:
     tool: str  # relative to the repository root
     args: list[str]  # the tool's arguments (no launcher)
     deps: list[str]
-    launcher: str  # "torchrun": one launcher per node; "mpi": one process per rank
+    launcher: str  # "torchrun": one launcher per node; "mpi": one process per rank; "single": one process
     nodes: int
     procs_per_node: int  # torchrun workers per node, or MPI ranks per node
     threads: int
@@ -108,14 +109,20 @@ def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path |
     return args + list(t.extra_args)
 
 
-def oracle_args(cfg: PipelineConfig, stage: int, ckpt: Path, out: Path, ref: str) -> list[str]:
+def oracle_args(
+    cfg: PipelineConfig, stage: int, ckpt: Path, out: Path, ref: str, trajectory_file: Path | None = None
+) -> list[str]:
     o = cfg.oracle
+    if trajectory_file is None:
+        source = ["--gm-oracle-trajectories", str(o.trajectories)]
+    else:  # the bootstrap round: every trajectory of the file
+        source = ["--gm-oracle-policy", "file", "--gm-oracle-trajectory-file", str(trajectory_file)]
     args = [
         *_megatron_model_args(cfg),
         "--micro-batch-size", "1",
         "--load", str(ckpt),
         "--gm-stage", str(stage),
-        "--gm-oracle-trajectories", str(o.trajectories),
+        *source,
         "--gm-oracle-traj-len", str(o.traj_len),
         "--gm-oracle-ref", ref,
         "--gm-oracle-ref-max-examples", str(o.ref_max_examples),
@@ -125,10 +132,10 @@ def oracle_args(cfg: PipelineConfig, stage: int, ckpt: Path, out: Path, ref: str
     return args + list(o.extra_args)
 
 
-def influence_args(cfg: PipelineConfig, oracle: Path, out: Path) -> list[str]:
+def influence_args(cfg: PipelineConfig, oracles: list[Path], out: Path) -> list[str]:
     i = cfg.influence
     args = [
-        "--data-path", cfg.data_path, "--oracle", str(oracle), "--output", str(out),
+        "--data-path", cfg.data_path, "--oracle", *map(str, oracles), "--output", str(out),
         "--mode", i.mode, "--seed", str(i.seed), "--threads", str(cfg.launch.threads), "--no-progress",
     ]  # fmt: skip
     for flag, v in (
@@ -138,6 +145,18 @@ def influence_args(cfg: PipelineConfig, oracle: Path, out: Path) -> list[str]:
         if v:
             args += [flag, str(v)]
     return args + list(i.extra_args)
+
+
+def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path) -> list[str]:
+    o = cfg.oracle
+    args = [
+        "--model", str(model), "--data-path", cfg.data_path, "--output", str(out),
+        "--T", str(o.traj_len), "--width", str(o.bootstrap_width), "--beams-per-tail", str(o.bootstrap_beams),
+        "--tails", "both", "--seed", str(o.seed), "--threads", str(cfg.launch.threads), "--no-progress",
+    ]  # fmt: skip
+    if o.bootstrap_probe_count:
+        args += ["--probe-count", str(o.bootstrap_probe_count)]
+    return args
 
 
 def select_args(
@@ -185,15 +204,17 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
     phases: list[Phase] = []
 
     def add(kind: str, branch: str, stage: int, args: list[str], deps: list[str], outputs: dict[str, Path],
-            marker: Path | None = None, env: dict[str, str] | None = None) -> str:  # fmt: skip
+            marker: Path | None = None, env: dict[str, str] | None = None, suffix: str = "") -> str:  # fmt: skip
         tool, launcher, script = TOOLS[kind]
         if launcher == "mpi":
             nodes, per_node = 1 if L.select_ranks <= 1 else L.nodes, max(1, L.select_ranks // max(1, L.nodes))
             if L.select_ranks % per_node or nodes * per_node != L.select_ranks:
                 nodes, per_node = 1, L.select_ranks
+        elif launcher == "single":
+            nodes, per_node = 1, 1
         else:
             nodes, per_node = L.nodes, L.nproc_per_node
-        name = phase_name(branch, stage, kind)
+        name = phase_name(branch, stage, kind) + suffix
         phases.append(
             Phase(
                 name=name, kind=kind, stage=stage, branch=branch, tool=tool, args=args, deps=deps,
@@ -221,8 +242,18 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
         oracle = add("oracle", "main", s, oracle_args(cfg, s, ckpt, d / "oracle", ref), [prev_pretrain],
                      {"oracle": d / "oracle"})  # fmt: skip
         model = d / "influence"
-        infl = add("influence", "main", s, influence_args(cfg, d / "oracle", model), [oracle],
+        infl = add("influence", "main", s, influence_args(cfg, [d / "oracle"], model), [oracle],
                    {"influence": model}, marker=model / "manifest.json")  # fmt: skip
+        if cfg.oracle.bootstrap_beams:  # METHOD step 3: probe beam-searched tails, retrain on both rounds
+            trajs = d / "bootstrap"
+            bs = add("bootstrap", "main", s, bootstrap_args(cfg, model, trajs), [infl], {"trajectories": trajs},
+                     marker=trajs / "manifest.json")  # fmt: skip
+            oracle2 = d / "oracle_bootstrap"
+            ob = add("oracle", "main", s, oracle_args(cfg, s, ckpt, oracle2, ref, trajs), [bs],
+                     {"oracle": oracle2}, suffix="_bootstrap")  # fmt: skip
+            model = d / "influence_bootstrap"
+            infl = add("influence", "main", s, influence_args(cfg, [d / "oracle", oracle2], model), [ob],
+                       {"influence": model}, marker=model / "manifest.json", suffix="_bootstrap")  # fmt: skip
         nxt = out / f"stage{s + 1}" / "selection"
         add("select", "main", s + 1,
             select_args(cfg, s + 1, nxt, model=model, scores_from=None, method=cfg.select.method),

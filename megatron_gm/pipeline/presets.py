@@ -68,7 +68,7 @@ def _gpu(
             min_lr=3e-5, warmup_iters=min(2000, iters // 2), save_interval=1000, eval_interval=1000,
             eval_iters=20, log_interval=50,
         ),
-        oracle=OracleConfig(trajectories=20000, traj_len=10, ref_max_examples=128),
+        oracle=OracleConfig(trajectories=20000, traj_len=10, ref_max_examples=128, bootstrap_beams=10000),
         influence=InfluenceConfig(mode="full", epochs=5),
         select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=100),
         launch=LaunchConfig(

@@ -33,7 +33,7 @@ def task_shape(phase: Phase, launch: LaunchConfig) -> tuple[int, int]:
     """(Slurm tasks per node, CPUs per task): one torchrun task per node, or one task per MPI rank."""
     if phase.launcher == "torchrun":
         return 1, launch.cpus_per_task or phase.threads * phase.procs_per_node
-    return phase.procs_per_node, launch.cpus_per_task or phase.threads
+    return phase.procs_per_node, launch.cpus_per_task or phase.threads  # mpi, single
 
 
 def describe_resources(phase: Phase, launch: LaunchConfig) -> str:
