@@ -1,8 +1,8 @@
 """A three-phase chain of tests/pipeline_toy_tool.py, run through the real executors and sbatch scripts.
 
-    a (torchrun, ``nodes`` nodes)  ->  b (MPI, 2 ranks, complete marker)  ->  c (torchrun, 1 node)
+    a (torchrun, ``nodes`` nodes) -> b (MPI, 2 ranks, complete marker) -> c (torchrun) -> d (one process)
 
-Each phase hashes its input and its steps; ``c/result.txt`` is the chain's result.
+Each phase hashes its input and its steps; ``d/result.txt`` is the chain's result.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from megatron_gm.pipeline.plan import Phase
 
 TOOL = str(Path(__file__).with_name("pipeline_toy_tool.py"))
+PHASES = "abcd"
 
 
 def toy_plan(out: Path, *, steps: int = 3, sleep: float = 0.0, nodes: int = 1, fail: str = "") -> list[Phase]:
@@ -35,6 +36,9 @@ def toy_plan(out: Path, *, steps: int = 3, sleep: float = 0.0, nodes: int = 1, f
         phase("c", "oracle", "torchrun", sl + "collect_oracle.sbatch", 1, 1,
               ["--out", str(out / "c"), "--steps", str(steps), "--sleep", str(sleep),
                "--input", str(out / "b" / "result.txt")], ["b"]),
+        phase("d", "bootstrap", "single", sl + "bootstrap.sbatch", 1, 1,
+              ["--out", str(out / "d"), "--steps", str(steps), "--input", str(out / "c" / "result.txt")], ["c"],
+              marker=str(out / "d" / "manifest.json")),
     ]  # fmt: skip
 
 
@@ -43,7 +47,7 @@ def expected_result(steps: int) -> str:
     import hashlib
 
     data = b"start"
-    for _ in "abc":
+    for _ in PHASES:
         h = hashlib.sha256(data).hexdigest()
         for i in range(steps):
             h = hashlib.sha256(f"{h}:{i}".encode()).hexdigest()
@@ -52,13 +56,13 @@ def expected_result(steps: int) -> str:
 
 
 def result(out: Path) -> str:
-    return (Path(out) / "c" / "result.txt").read_text()
+    return (Path(out) / "d" / "result.txt").read_text()
 
 
 def work_counts(out: Path) -> dict[str, list[int]]:
     """Which steps each phase computed (a step redone after an interruption shows up twice)."""
     counts = {}
-    for name in ("a", "b", "c"):
+    for name in PHASES:
         log = Path(out) / name / "work.log"
         counts[name] = [int(x) for x in log.read_text().split()] if log.exists() else []
     return counts

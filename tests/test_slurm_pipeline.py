@@ -66,12 +66,13 @@ def test_chain_survives_kill9_scancel_and_requeue(slurm, tmp_path):
     b (2 MPI ranks): scancel of every job -> resubmit; b resumes from its markers.
     c (torchrun): SIGUSR1 to the batch shell (--signal=B:USR1@N before the time limit) -> the phase
       saves, the job requeues itself and the same job id finishes.
+    d (one process) then runs as one Slurm task.
     The result equals an uninterrupted run's (and the local executor's: tests/test_pipeline_local.py)."""
     out = tmp_path / "run"
     steps = 4
     drv = _driver(out, steps=steps, sleep=0.5, nodes=2)
     jobs = drv.submit()
-    assert list(jobs) == ["a", "b", "c"]
+    assert list(jobs) == ["a", "b", "c", "d"]
     assert drv.submit() == jobs  # a second submission keeps the queued jobs
     st = RunState(out / "state.json")
 
@@ -82,24 +83,24 @@ def test_chain_survives_kill9_scancel_and_requeue(slurm, tmp_path):
         drv.wait(timeout=120, poll=0.3)
     assert slurm.wait_idle(60)
     assert st.status("a") == "failed"
-    assert {slurm.jobs()[jobs[n]] for n in "bc"} == {"CANCELLED"}  # --kill-on-invalid-dep
+    assert {slurm.jobs()[jobs[n]] for n in "bcd"} == {"CANCELLED"}  # --kill-on-invalid-dep
     starts = (out / "a" / "starts.log").read_text()
     assert '"world": 2' in starts  # torchrun on both node names found each other through MASTER_ADDR
     assert "master 127.0.0.1:" in (out / "logs" / f"a.{jobs['a']}.log").read_text()
 
     # b: scancel mid-phase
     jobs2 = drv.submit()
-    assert set(jobs2) == {"a", "b", "c"} and not set(jobs2.values()) & set(jobs.values())
+    assert set(jobs2) == set("abcd") and not set(jobs2.values()) & set(jobs.values())
     _wait_for(lambda: (out / "b" / "step0001").exists(), 120, "phase b's second step", slurm)
     slurm.run(["scancel", *jobs2.values()])
     assert slurm.wait_idle(60)
-    assert (st.status("a"), st.status("b"), st.status("c")) == ("done", "interrupted", "submitted")
+    assert [st.status(n) for n in "abcd"] == ["done", "interrupted", "submitted", "submitted"]
     assert 0 < len(work_counts(out)["b"]) < steps
     assert '"world": 2' in (out / "b" / "starts.log").read_text()  # two MPI ranks
 
     # c: the time-limit signal
     jobs3 = drv.submit()
-    assert set(jobs3) == {"b", "c"}
+    assert set(jobs3) == set("bcd")
     _wait_for(lambda: (out / "c" / "step0000").exists(), 120, "phase c's first step", slurm)
     slurm.run(["scancel", "--signal=USR1", "--batch", jobs3["c"]])
     drv.wait(timeout=180, poll=0.3)
@@ -108,7 +109,8 @@ def test_chain_survives_kill9_scancel_and_requeue(slurm, tmp_path):
     counts = work_counts(out)
     assert sorted(counts["b"]) == sorted(counts["c"]) == list(range(steps))  # resumed, nothing redone
     phases = st.phases()
-    assert [phases[n]["attempts"] for n in "abc"] == [2, 2, 2]
+    assert [phases[n]["attempts"] for n in "abcd"] == [2, 2, 2, 1]
+    assert '"world": 1' in (out / "d" / "starts.log").read_text()  # one process, as one Slurm task
     assert phases["c"]["job_id"] == jobs3["c"]
     c_starts = (out / "c" / "starts.log").read_text().splitlines()
     assert len(c_starts) == 2 and all(f'"job": "{jobs3["c"]}"' in s for s in c_starts)  # requeued
