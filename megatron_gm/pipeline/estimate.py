@@ -26,14 +26,14 @@ ENCODER_PARAMS = 22_700_000  # all-MiniLM-L6-v2 (the bundled encoder); bge-base 
 @dataclasses.dataclass
 class Hardware:
     name: str
-    flops_lm: float  # sustained FLOP/s per process, GPT training
+    flops_lm: float  # sustained FLOP/s per GPU (per CPU thread), GPT training
     flops_probe: float  # oracle probing (batch of one sequence: poor utilisation)
     flops_encoder: float  # encoder inference / training
     startup_s: dict[str, float]
 
 
 CPU = Hardware(
-    "CPU (2-core calibration, per process)", 4e9, 1.5e9, 6e9,
+    "CPU (per thread; calibrated on the quickstart, a shared 2-core machine)", 5e9, 2e9, 1e11,
     {"pretrain": 20.0, "oracle": 20.0, "influence": 25.0, "bootstrap": 20.0, "select": 15.0},
 )  # fmt: skip
 H100 = Hardware(
@@ -75,7 +75,7 @@ def _lm_flops_per_token(cfg: PipelineConfig, train: bool) -> float:
 
 def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardware) -> Estimate:
     m, t, o, i, s = cfg.model, cfg.train, cfg.oracle, cfg.influence, cfg.select
-    devices = max(1, phase.world_size)
+    devices = max(1, phase.world_size) * (phase.threads if hw is CPU else 1)
     doc_tokens = pool.num_tokens / max(1, pool.num_docs)
     enc_tokens_per_doc = min(doc_tokens, (i.chunk_len or 256) * (i.max_chunks or 64))
     if phase.kind == "pretrain":
