@@ -42,8 +42,8 @@ def launch_argv(phase: Phase, python: str, root: str | os.PathLike) -> list[str]
         raise GMError(
             f"{phase.name} needs {world} MPI ranks but mpirun is not installed; run scripts/setup.sh"
         )
-    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    return [mpirun, *root, "--oversubscribe", "-n", str(world), python, tool, *args]
+    as_root = ["--allow-run-as-root"] if os.geteuid() == 0 else []  # Open MPI (scripts/setup.sh)
+    return [mpirun, *as_root, "--oversubscribe", "-n", str(world), python, tool, *args]
 
 
 def is_complete(phase: Phase) -> bool:
@@ -108,6 +108,8 @@ class LocalExecutor:
         took: dict[str, float] = {}
         try:
             for phase in self.phases:
+                if self._stop_signal is not None:  # a signal between two phases: start no other
+                    raise Interrupted(f"stopped before {phase.name}; rerun to continue")
                 if self.state.is_done(phase.name):
                     self.echo(f"[pipeline] {phase.name}: done already, skipped")
                     continue
