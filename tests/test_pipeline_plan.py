@@ -277,3 +277,38 @@ def test_rerun_without_preset_uses_the_saved_config(tmp_path, capsys):
     assert cli_main(["--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "preset test" in text and "--train-iters 10" in text
+
+
+def test_report_reads_megatron_losses_and_times(tmp_path):
+    from megatron_gm.pipeline.report import write_report
+
+    cfg = preset("test")
+    cfg.random_twin = True
+    phases = build_plan(cfg, tmp_path)
+    st = open_run(tmp_path, cfg)
+    logs = tmp_path / "logs"
+    line = (" [2026-11-26 23:06:03.668011] iteration {i:8d}/      16 | consumed samples:          120 | "
+            "elapsed time per iteration (ms): 854.7 | learning rate: 8.3E-04 | global batch size:     8 | "
+            "lm loss: {loss:E} | loss scale: 1.0 |")  # fmt: skip
+    valid = " validation loss at iteration {i} on validation set | lm loss value: {loss:E} | lm loss PPL: 3.9E+03 | "
+    (logs / "stage0.pretrain.log").write_text("\n".join([line.format(i=4, loss=7.5), line.format(i=8, loss=7.0),
+                                                         valid.format(i=8, loss=6.9)]))  # fmt: skip
+    # Slurm attempts: the requeued one's log is read after the first
+    (logs / "stage1.pretrain.41.log").write_text(line.format(i=12, loss=6.5))
+    (logs / "random.stage1.pretrain.43.log").write_text(valid.format(i=16, loss=6.7))
+    st.begin("stage0.pretrain")
+    st.end("stage0.pretrain", "done", cpu_seconds=3.5)
+    text = write_report(tmp_path, phases, st)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["losses"]["0"]["main"] == {
+        "valid_iter": 8,
+        "valid_loss": 6.9,
+        "train_iter": 8,
+        "train_loss": 7.0,
+    }
+    assert (
+        rep["losses"]["1"]["main"]["train_loss"] == 6.5 and rep["losses"]["1"]["main"]["valid_loss"] is None
+    )
+    assert rep["losses"]["1"]["random"]["valid_loss"] == 6.7
+    assert "    1            -       6.7000" in text and "stage1.select" in text
+    assert (tmp_path / "report.txt").read_text() == text

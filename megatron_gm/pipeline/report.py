@@ -44,6 +44,33 @@ def losses(log_dir: Path, phase: str) -> dict[str, Any]:
     }
 
 
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def artifact_facts(phase: Phase) -> dict[str, Any]:
+    """What an influence model or a selection says about itself (empty when it is not there)."""
+    if phase.kind == "influence":
+        m = _json(Path(phase.outputs["influence"]) / "metrics.json")
+        best, abl = m.get("main", {}).get("best", {}), m.get("ablation", {}).get("best", {})
+        if not best:
+            return {}
+        return {
+            "val_spearman": best.get("spearman"), "val_spearman_no_relation": abl.get("spearman"),
+            "alpha": best.get("alpha"), "tau": best.get("tau"),
+            "trajectories": m.get("train_trajectories"), "val_trajectories": m.get("val_trajectories"),
+        }  # fmt: skip
+    if phase.kind == "select":
+        c = _json(Path(phase.outputs["selection"]) / "manifest.json").get("config", {})
+        if not c:
+            return {}
+        return {k: c.get(k) for k in ("method", "num_selected", "num_docs", "num_clusters", "ratio")}
+    return {}
+
+
 def build_report(out: Path, phases: list[Phase], state: RunState) -> dict[str, Any]:
     recs = state.phases()
     rows = []
@@ -58,7 +85,11 @@ def build_report(out: Path, phases: list[Phase], state: RunState) -> dict[str, A
     for p in phases:
         if p.kind == "pretrain":
             stages.setdefault(p.stage, {})[p.branch] = losses(out / "logs", p.name)
-    return {"run": str(out), "phases": rows, "losses": {str(k): v for k, v in sorted(stages.items())}}
+    facts = {p.name: f for p in phases if (f := artifact_facts(p))}
+    return {
+        "run": str(out), "phases": rows, "losses": {str(k): v for k, v in sorted(stages.items())},
+        "artifacts": facts,
+    }  # fmt: skip
 
 
 def _fmt(v: float | None) -> str:
@@ -81,7 +112,7 @@ def render(report: dict[str, Any]) -> str:
             f"{'-' if cpu is None else f'{cpu:11.1f}':>11}  {r['attempts']:>8}"
         )
     lines.append(f"{'total':<28} {'':<11} {total:8.1f}  {cpu_total:11.1f}")
-    lines += ["", "validation loss at the end of each stage (lower is better)",
+    lines += ["", "validation loss at the end of each stage (Megatron's validation split of the pool; lower is better)",
               "stage  group-mates  random-twin   (train loss: group / random)"]  # fmt: skip
     for stage, v in report["losses"].items():
         g, r = v.get("main", {}), v.get("random", {})
@@ -89,6 +120,20 @@ def render(report: dict[str, Any]) -> str:
             f"{stage:>5}  {_fmt(g.get('valid_loss')):>11}  {_fmt(r.get('valid_loss')):>11}   "
             f"({_fmt(g.get('train_loss'))} / {_fmt(r.get('train_loss'))})"
         )
+    if report.get("artifacts"):
+        lines.append("")
+    for name, f in report.get("artifacts", {}).items():
+        if "val_spearman" in f:
+            lines.append(
+                f"{name}: validation Spearman {_fmt(f['val_spearman'])} (without the relation term "
+                f"{_fmt(f['val_spearman_no_relation'])}), alpha {_fmt(f['alpha'])}, tau {_fmt(f['tau'])}, "
+                f"{f['trajectories']} + {f['val_trajectories']} trajectories"
+            )
+        elif "num_selected" in f:
+            lines.append(
+                f"{name}: {f['method']} kept {f['num_selected']} of {f['num_docs']} documents "
+                f"({f['num_clusters']} clusters, ratio {f['ratio']})"
+            )
     lines += ["", "artifacts"]
     for r in report["phases"]:
         for name, path in r["outputs"].items():
