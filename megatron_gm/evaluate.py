@@ -51,6 +51,11 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--gm-eval-prompts-max", type=int, default=0, help="first N records only (0: all)")
     g.add_argument("--gm-eval-batch", type=int, default=16, help="samples per forward pass")
     g.add_argument("--gm-eval-iterations", type=str, default="latest", help="latest, all, or e.g. 50,100")
+    g.add_argument(
+        "--gm-eval-prompts-latest-only",
+        action="store_true",
+        help="prompt eval only at the last of the evaluated iterations (reference loss at every one)",
+    )
     g.add_argument("--gm-eval-output", type=str, default=None, help="JSON file to write (default: stdout)")
     return parser
 
@@ -64,11 +69,12 @@ class EvalConfig:
     batch: int
     iterations: str
     output: str | None
+    prompts_latest_only: bool = False
 
     @classmethod
     def from_args(cls, a) -> EvalConfig:
         return cls(a.gm_eval_ref, a.gm_eval_ref_samples, a.gm_eval_prompts, a.gm_eval_prompts_max,
-                   a.gm_eval_batch, a.gm_eval_iterations, a.gm_eval_output)  # fmt: skip
+                   a.gm_eval_batch, a.gm_eval_iterations, a.gm_eval_output, a.gm_eval_prompts_latest_only)  # fmt: skip
 
     def validate(self) -> EvalConfig:
         if not self.ref and not self.prompts:
@@ -283,7 +289,7 @@ def run(p: Prepared) -> dict:
             row["reference"] = reference_metrics(
                 score_samples(model, ref.tokens, ref.mask, p.fmt, vocab, cfg.batch)
             )
-        if p.prompts is not None:
+        if p.prompts is not None and (not cfg.prompts_latest_only or it == p.iterations[-1]):
             row["prompts"] = prompt_metrics(
                 score_samples(model, p.prompts[0], p.prompts[1], p.fmt, vocab, cfg.batch)
             )

@@ -206,7 +206,7 @@ def evaluate_seed(a, out: Path, k: int, ref: str, lambada: str) -> None:
             print(f"[bench] seed {k}: evaluating {ck}", flush=True)
             run([py(), "tools/evaluate.py", "--load", str(ck), "--gm-eval-ref", ref,
                  "--gm-eval-ref-samples", "64" if a.quick else "256", "--gm-eval-prompts", lambada,
-                 "--gm-eval-prompts-max", "500" if a.quick else "0", "--gm-eval-iterations", "all",
+                 "--gm-eval-prompts-max", "500" if a.quick else "0", "--gm-eval-prompts-latest-only", "--gm-eval-iterations", "all",
                  "--gm-eval-output", str(dest)], seed_dir / "eval" / f"{dest.stem}.log")  # fmt: skip
 
 
