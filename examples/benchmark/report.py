@@ -73,8 +73,11 @@ def flops_projection(cfg: dict) -> dict:
         c.random_twin = False
         tot = {"pretrain": 0.0, "oracle": 0.0, "influence": 0.0, "select": 0.0}
         for ph in build_plan(c, "/nonexistent"):
-            tot[ph.kind] += estimate_phase(c, ph, pool, CPU).flops
-        over = tot["oracle"] + tot["influence"] + tot["select"]
+            kind = (
+                "influence" if ph.kind == "bootstrap" else ph.kind
+            )  # beam search: influence-model inference
+            tot[kind] = tot.get(kind, 0.0) + estimate_phase(c, ph, pool, CPU).flops
+        over = sum(v for k, v in tot.items() if k != "pretrain")
         return {**tot, "overhead_share": over / (over + tot["pretrain"])}
 
     ours = PipelineConfig.from_dict(cfg)
@@ -93,7 +96,8 @@ def flops_projection(cfg: dict) -> dict:
         f"{big.model.seq_length}, {big.model.params() / 1e9:.2f}B parameters), {tokens / 1e9:.1f}B training "
         f"tokens in {big.stages} stages (3 selection rounds), pool of {pool_tokens / 1e9:.1f}B tokens in "
         f"1,000-token documents (ratio {big.select.ratio}), oracle {big.oracle.trajectories} trajectories x "
-        f"T={big.oracle.traj_len} with {big.oracle.ref_max_examples} reference sequences, influence model "
+        f"T={big.oracle.traj_len} with {big.oracle.ref_max_examples} reference sequences (bootstrap round: "
+        f"{getattr(big.oracle, 'bootstrap_beams', 0)} beam trajectories per tail, 0 = none), influence model "
         f"all-MiniLM-L6 (22.7M) in {big.influence.mode} mode; FLOPs = 6ND training, 2ND inference "
         "(megatron_gm/pipeline/estimate.py). Utilisation differences (probing one sequence at a time runs "
         "far below training MFU) are not in the FLOPs share."
@@ -297,7 +301,7 @@ def write_report(out: Path, a, heldout: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     pngs = plots(folder, curves, tok_per_iter, dist, comp)
     if heldout:
-        res["heldout"] = run_heldout(out, len(seed_dirs), stages, ROOT.parent / "shared" / "heldout")
+        res["heldout"] = run_heldout(out, len(seed_dirs), stages, Path(a.heldout_dir))
     (folder / "results.json").write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
     (folder / "report.md").write_text(markdown(res, table, eff, stages, pngs, a))
     return folder / "report.md"

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick-docs", type=int, default=2000, help="--quick: documents of the pool slice")
     p.add_argument("--set", action="append", default=[], help="extra run_pipeline --set (all runs)")
     p.add_argument("--heldout", action="store_true", help="final report also reads ../shared/heldout")
+    p.add_argument("--heldout-dir", default=str(ROOT.parent / "shared" / "heldout"), help="held-out folder")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from what is there")
     return p
 
@@ -143,14 +144,24 @@ def pipeline_argv(a, seed_dir: Path, method: str, prefix: str, tok: str, seed: i
 
 
 def share_round_one(a, seed_dir: Path, method: str, argv: list[str], prefix: str) -> None:
-    """Start ``method``'s run folder from group's stage 0 and select round 1 from group's scores."""
-    from megatron_gm.pipeline.cli import build_parser, make_config
+    """Start ``method``'s run folder from group's stage 0 and select round 1 from group's scores.
+
+    Its config is group's (written by run_pipeline.py itself) with only the method and the twin changed,
+    so the pipeline accepts the folder as its own when it continues it."""
+    from megatron_gm.manifest import atomic_write_text
+    from megatron_gm.pipeline.config import PipelineConfig
     from megatron_gm.pipeline.plan import build_plan, select_args
-    from megatron_gm.pipeline.run import open_run
+    from megatron_gm.pipeline.state import RunState
 
     d = seed_dir / method
-    cfg = make_config(build_parser().parse_args(argv))
-    state = open_run(d, cfg)
+    saved = d / "config.json"
+    if not saved.exists():
+        cfg_dict = json.loads((seed_dir / "group" / "config.json").read_text())
+        cfg_dict["select"]["method"], cfg_dict["random_twin"] = method, False
+        (d / "logs").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
+    cfg = PipelineConfig.from_dict(json.loads(saved.read_text()))
+    state = RunState(d / "state.json")
     if not (d / "stage0").exists():
         (d / "stage0").symlink_to(Path("..") / "group" / "stage0")
     stage0 = [ph.name for ph in build_plan(cfg, d) if ph.stage == 0 and ph.branch == "main"]
@@ -226,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     if not a.report_only:
         prefix, tok = prepare_data(a, out)
-        bench = {"argv": sys.argv[1:], "quick": a.quick, "pool": a.pool_file or a.pool, "seeds": a.seeds,
+        bench = {"argv": sys.argv[1:], "quick": a.quick, "pool": (a.pool_file or a.pool) + (f" (first {a.quick_docs} documents)" if a.quick else ""), "seeds": a.seeds,
                  "stages": a.stages, "data_path": prefix, "tokenizer": tok}  # fmt: skip
         (out / "benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
         for k in range(a.seeds):
