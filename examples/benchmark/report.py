@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -211,15 +210,14 @@ def run_heldout(out: Path, seeds: int, stages: int, heldout_dir: Path) -> dict:
     res: dict = {}
     for k in range(seeds):
         sd = out / f"seed{k}"
-        from run_benchmark import checkpoint_dirs, py
+        from run_benchmark import checkpoint_dirs, py, run
 
         for m in METHODS:
             ck = checkpoint_dirs(sd, m, stages)[stages - 1]
             dest = sd / "eval" / f"heldout_{m}.json"
             if not dest.exists():
-                subprocess.run([py(), str(Path(__file__).parent / "heldout.py"), "--load", str(ck),
-                                "--heldout-dir", str(heldout_dir), "--output", str(dest)],
-                               cwd=ROOT, check=True)  # fmt: skip
+                run([py(), str(Path(__file__).parent / "heldout.py"), "--load", str(ck),
+                     "--heldout-dir", str(heldout_dir), "--output", str(dest)], dest.with_suffix(".log"))  # fmt: skip
             res.setdefault(m, []).append(json.loads(dest.read_text()))
     return res
 
