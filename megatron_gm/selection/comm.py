@@ -1,4 +1,4 @@
-"""The ranks of a selection run: mpi4py's COMM_WORLD (mpirun, srun --mpi=pmi2/pmix, or one process).
+"""The ranks of a selection run: mpi4py's COMM_WORLD (mpirun, srun --mpi=pmix/pmi2, or one process).
 
 Errors: ``agree(fn)`` runs a step on every rank and turns a GMError on any rank into the same GMError
 on all ranks (no rank is left waiting in a collective). Any other exception aborts the whole job after
@@ -20,8 +20,6 @@ T = TypeVar("T")
 
 # Set by a launcher inside a multi-task job step (not by sbatch for the batch script itself).
 _LAUNCHER_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
-
-
 # Set in a task by srun's MPI plugins (pmix, pmi2) or by mpirun; without any, MPI_Init cannot form a job.
 _WIREUP_VARS = ("PMIX_RANK", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_RANK")
 
