@@ -144,6 +144,8 @@ def test_reference_store(env):
     assert np.all(one.ref_loss[:, 0] == one.ref_loss[0, 0])  # every trajectory starts from the checkpoint
     assert np.std(one.labels) > 0 and np.all(np.isfinite(one.labels))
     assert all(len(set(row)) == T for row in one.documents)
+    written = json.loads((w / "one" / "summary.json").read_text())  # completion marker, written last
+    assert written["labels"]["count"] == N * T and written["complete"]
 
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
@@ -177,6 +179,7 @@ def test_killed_collection_resumed_with_two_data_parallel_groups_equals_one_proc
     p.wait()
     done = len(list(out.glob("*.done")))
     assert 0 < done < N // SHARD, f"{done} shards done when killed"
+    assert not (out / "summary.json").exists()
     summary = _summary(_collect(w, out, 2))
     assert summary["data_parallel_groups"] == 2 and summary["complete"]
     assert summary["trajectories"] == (N // SHARD - done + 1) // 2 * SHARD  # rank 0's share of the rest

@@ -3,8 +3,10 @@
 Takes pretraining's Megatron flags (model sizes, --data-path, --tokenizer-*, --seq-length,
 --tensor/pipeline-model-parallel-size, --load, --seed, ...) plus the ``--gm-oracle-*`` group below.
 Training flags the probe step needs but a user may leave out are taken from the checkpoint's saved args
-(``INHERITED``); the LR schedule always is (Megatron's --use-checkpoint-opt-param-scheduler). Every
-input is checked before Megatron starts, so bad input fails in a second with one line.
+(``INHERITED_VALUES``, ``INHERITED_SWITCHES``); the LR schedule always is (Megatron's
+--use-checkpoint-opt-param-scheduler). Model flags that differ from the checkpoint's are refused. Every
+input is checked before Megatron starts, so bad input fails in seconds with one line. The store is
+complete when ``summary.json`` (label spread, timings) appears in it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import sys
 from pathlib import Path
 
 from megatron_gm.errors import GMError, cli_main
+from megatron_gm.manifest import atomic_write_text
 from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REF = ROOT.parent / "shared" / "data" / "ref_wikitext103_valid.jsonl.gz"
+SUMMARY = "summary.json"  # written last, once every shard is done: the store's completion marker
 
 # Training settings the probe step uses, copied from the checkpoint's saved args when the command line
 # leaves them out (value flags), or added when pretraining had them on (switches).
@@ -32,7 +36,7 @@ INHERITED_SWITCHES = ("--bf16", "--fp16", "--eod-mask-loss", "--reset-position-i
 
 
 def add_oracle_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """An ``extra_args_provider``: the ``--gm-oracle-*`` group (aliases in brackets are the pipeline's names)."""
+    """An ``extra_args_provider``: the ``--gm-oracle-*`` group (second spellings: the pipeline's names)."""
     if "--gm-oracle-output" in parser._option_string_actions:
         return parser
     g = parser.add_argument_group(title="megatron-gm oracle collection")
@@ -91,7 +95,13 @@ def add_oracle_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="micro-batch size of the reference forward pass",
     )
     g.add_argument(
-        "--gm-oracle-seed", type=int, default=None, help="trajectory and subset seed (default --seed)"
+        "--gm-oracle-seed", type=int, default=None, help="trajectory and dropout seed (default --seed)"
+    )
+    g.add_argument(
+        "--gm-oracle-ref-seed",
+        type=int,
+        default=1234,
+        help="seed of the reference subset; keep it across stages and rounds so all labels share one D_r",
     )
     g.add_argument("--gm-oracle-shard-size", type=int, default=16, help="trajectories per store shard")
     g.add_argument(
@@ -123,6 +133,7 @@ class OracleConfig:
     ref_samples: int
     ref_micro_batch_size: int
     seed: int
+    ref_seed: int
     shard_size: int
     max_shards: int | None
     time_train_steps: int
@@ -141,6 +152,7 @@ class OracleConfig:
             ref_samples=args.gm_oracle_ref_samples,
             ref_micro_batch_size=args.gm_oracle_ref_micro_batch_size,
             seed=args.seed if args.gm_oracle_seed is None else args.gm_oracle_seed,
+            ref_seed=args.gm_oracle_ref_seed,
             shard_size=args.gm_oracle_shard_size,
             max_shards=args.gm_oracle_max_shards,
             time_train_steps=args.gm_oracle_time_train_steps,
@@ -323,7 +335,7 @@ def prepare(argv: list[str]):
     tokenizer = build_tokenizer(args)
     check_architecture(args, ckpt, tokenizer.vocab_size)
     reference = build_reference(
-        cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.seed
+        cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.ref_seed
     )
     return args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer
 
@@ -401,14 +413,20 @@ def run(argv: list[str]) -> dict:
         "reference_tokens": reference.num_tokens, "T": source.T, "complete": result.complete,
         "probe_train_step_s": engine.mean_time("step"), "reference_loss_s": engine.mean_time("ref"),
     }  # fmt: skip
+    summary = {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}  # NaN -> null
     if train_step_s is not None:
         summary["pretrain_step_s"] = train_step_s
-        summary["probe_step_over_train_step"] = (
-            summary["probe_train_step_s"] + summary["reference_loss_s"]
-        ) / train_step_s
+        step, ref = summary["probe_train_step_s"], summary["reference_loss_s"]
+        if step is not None and ref is not None:  # a probe step = one 1-sample optimizer step + one L_ref
+            summary["probe_step_over_train_step"] = (step + ref) / train_step_s
     if rank0:
         if result.complete:
             summary["labels"] = label_stats(load_oracle(cfg.output, dataset_fingerprint=info.fingerprint))
+            path = Path(cfg.output) / SUMMARY
+            if (
+                result.trajectories or not path.exists()
+            ):  # a rerun of a finished store keeps the first summary
+                atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
         print("oracle summary: " + json.dumps(summary), flush=True)
     return summary
 
