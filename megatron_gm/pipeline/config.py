@@ -115,6 +115,7 @@ class LaunchConfig:
     nproc_per_node: int = 1  # torchrun processes per node (pretrain, oracle, influence)
     select_ranks: int = 1  # MPI ranks of the selection (one task per rank)
     threads: int = 1  # CPU threads per process (torch, BLAS, faiss)
+    select_threads: int = 0  # threads per selection rank (0: threads); the artifact depends on it
     cpus_per_task: int = 0  # Slurm --cpus-per-task (0: threads * processes on the node)
     partition: str = ""
     account: str = ""

@@ -172,7 +172,7 @@ def select_args(
         "--gm-select-method", method, "--gm-select-ratio", repr(float(s.ratio)),
         "--gm-kmeans-iters", str(s.kmeans_iters), "--seed", str(s.seed),
         "--gm-stage", str(stage), "--output", str(out),
-        "--threads", str(cfg.launch.threads), "--no-progress",
+        "--threads", str(cfg.launch.select_threads or cfg.launch.threads), "--no-progress",
     ]  # fmt: skip
     if s.num_clusters:
         args += ["--gm-num-clusters", str(s.num_clusters)]
@@ -218,7 +218,8 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
         phases.append(
             Phase(
                 name=name, kind=kind, stage=stage, branch=branch, tool=tool, args=args, deps=deps,
-                launcher=launcher, nodes=nodes, procs_per_node=per_node, threads=L.threads,
+                launcher=launcher, nodes=nodes, procs_per_node=per_node,
+                threads=(L.select_threads or L.threads) if launcher == "mpi" else L.threads,
                 time_limit=getattr(L, f"time_{kind}"), script=script,
                 outputs={k: str(v) for k, v in outputs.items()},
                 complete_marker=str(marker) if marker else "", env=env or {},

@@ -48,7 +48,8 @@ def _tiny() -> PipelineConfig:
         oracle=OracleConfig(trajectories=64, traj_len=10, ref_max_examples=16),
         influence=InfluenceConfig(mode="fast", chunk_len=64, max_chunks=1),
         select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=20),
-        launch=LaunchConfig(threads=2),
+        # two MPI ranks of one thread score the pool faster than one rank of two threads
+        launch=LaunchConfig(threads=2, select_ranks=2, select_threads=1),
     )  # fmt: skip
 
 
