@@ -265,27 +265,32 @@ def test_restore_is_exact_and_label_is_one_pretraining_step(env):
     assert r["l1"][0] == pytest.approx(by_hand, rel=1e-4, abs=1e-6)
 
 
+BAD_INPUTS = r"""
+import sys
+from megatron_gm.oracle import cli
+for argv in (sys.argv[1:sys.argv.index("--next")], sys.argv[sys.argv.index("--next") + 1:]):
+    print("rc", cli.main(argv), flush=True)
+    print("error line printed above", file=sys.stderr, flush=True)
+"""
+
+
 def test_bad_input_is_one_line_before_megatron_starts(env, tmp_path):
+    """A checkpoint without optimizer state, a reference set without usable tokens, T < 1."""
     w, _, _, _ = env
-    tool = [sys.executable, str(ROOT / "tools" / "collect_oracle.py")]
     (tmp_path / "empty.jsonl").write_text('{"text": "  "}\n{"context": "1 2", "target": ""}\nnot json\n')
-    cases = {
-        "no_optimizer": (
-            _collect_flags(w, tmp_path / "a", load=w / "ck_noopt"),
-            "checkpoint has no optimizer state",
-        ),
-        "empty_reference": (
-            _collect_flags(w, tmp_path / "b", "--gm-oracle-ref-data", str(tmp_path / "empty.jsonl")),
-            "empty.jsonl: no usable reference tokens",
-        ),
-        "T0": (
-            _collect_flags(w, tmp_path / "c", "--gm-oracle-T", "0"),
-            "--gm-oracle-T 0: a trajectory needs at least",
-        ),
-    }
-    for name, (flags, message) in cases.items():
-        p = _run(tool + flags, tmp_path, name, rc=2)
-        last = p.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: ") and message in last, (name, last)
-        assert "Traceback" not in p.stderr
-    assert not any((tmp_path / d).exists() for d in "abc")
+    p = _run([sys.executable, str(ROOT / "tools" / "collect_oracle.py"),
+              *_collect_flags(w, tmp_path / "a", "--gm-oracle-T", "0")], tmp_path, "T0", rc=2)  # fmt: skip
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "--gm-oracle-T 0: a trajectory needs at least one step" in errors[0]
+    assert "Traceback" not in p.stderr
+    script = tmp_path / "bad_inputs.py"
+    script.write_text(BAD_INPUTS)
+    no_opt = _collect_flags(w, tmp_path / "b", load=w / "ck_noopt")
+    empty = _collect_flags(w, tmp_path / "c", "--gm-oracle-ref-data", str(tmp_path / "empty.jsonl"))
+    p = _run([sys.executable, str(script), *no_opt, "--next", *empty], tmp_path, "bad_inputs")
+    assert p.stdout.count("rc 2") == 2 and "Traceback" not in p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2
+    assert "ck_noopt/iter_0000004: checkpoint has no optimizer state" in errors[0]
+    assert "empty.jsonl: no usable reference tokens" in errors[1]
+    assert not any((tmp_path / d).exists() for d in "abc")  # nothing written
