@@ -275,3 +275,33 @@ def test_store_of_another_run_is_refused(pool, tmp_path):
     m.save(tmp_path / "s" / "manifest.json")
     with pytest.raises(GMError, match="different run"):
         _collect(info.prefix, tmp_path / "s")
+
+
+def test_flags_left_out_are_taken_from_the_checkpoint():
+    """Stage 1's checkpoint: --gm-stage-iters, --train-iters, optimizer and schedule flags come along."""
+    import argparse
+
+    from megatron_gm.oracle.checkpoint import CheckpointInfo
+    from megatron_gm.oracle.cli import inherit_flags
+
+    saved = argparse.Namespace(
+        lr=2e-3, min_lr=2e-4, clip_grad=1.0, weight_decay=0.1, weight_decay_incr_style="constant",
+        adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8, optimizer="adam", lr_decay_style="cosine",
+        gm_stage=1, gm_stage_iters="150", train_iters=300, train_samples=None, lr_decay_iters=300,
+        lr_warmup_fraction=None, lr_warmup_iters=10, bf16=True, fp16=False, eod_mask_loss=False,
+    )  # fmt: skip
+    ckpt = CheckpointInfo("ck/iter_0000300", 300, saved, True, True)
+    extra = inherit_flags(["--num-layers", "2", "--clip-grad=0.5", "--gm-stage", "1"], ckpt)
+    pairs = dict(zip(extra[::2], extra[1::2]))
+    assert "--clip-grad" not in extra and "--gm-stage" not in extra  # given on the command line
+    assert pairs["--gm-stage-iters"] == "150" and pairs["--train-iters"] == "300"
+    assert (
+        pairs["--lr-decay-iters"] == "300"
+        and pairs["--lr-warmup-iters"] == "10"
+        and pairs["--adam-beta2"] == "0.95"
+    )
+    assert extra[-1] == "--bf16" and "--fp16" not in extra and "--eod-mask-loss" not in extra
+    extra = inherit_flags(["--train-samples", "9", "--lr-warmup-fraction", "0.1"], ckpt)
+    assert (
+        "--train-iters" not in extra and "--lr-warmup-iters" not in extra and "--lr-decay-iters" not in extra
+    )

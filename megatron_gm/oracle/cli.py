@@ -30,7 +30,7 @@ SUMMARY = "summary.json"  # written last, once every shard is done: the store's 
 # leaves them out (value flags), or added when pretraining had them on (switches).
 INHERITED_VALUES = (
     "--lr", "--min-lr", "--clip-grad", "--weight-decay", "--weight-decay-incr-style", "--adam-beta1",
-    "--adam-beta2", "--adam-eps", "--optimizer", "--lr-decay-style",
+    "--adam-beta2", "--adam-eps", "--optimizer", "--lr-decay-style", "--gm-stage", "--gm-stage-iters",
 )  # fmt: skip
 INHERITED_SWITCHES = ("--bf16", "--fp16", "--eod-mask-loss", "--reset-position-ids", "--reset-attention-mask")
 
