@@ -181,3 +181,43 @@ def test_empty_pool_is_refused(pool, tmp_path):
     )
     assert proc.returncode == 2 and "empty pool (0 documents)" in error_line(proc)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.scores").exists()
+
+
+def test_embedding_cache_reuses_h_across_models(pool, tmp_path):
+    """A second frozen-encoder model reads the pool's h from --embed-cache; its scores and artifact equal
+    an uncached run's, and a fine-tuned model gets no cache."""
+    d, prefix, info = pool
+    torch.manual_seed(1)
+    other = InfluenceModel(ModelConfig(chunk_len=64))  # same frozen encoder, other heads
+    with torch.no_grad():
+        other.heads.head.weight.normal_()
+        other.heads.alpha.fill_(1.3)
+    manifest = Manifest(kind="influence_model", dataset_fingerprint=info.fingerprint, stage=1, iteration=40)
+    save_influence_model(tmp_path / "other", other, manifest, fine_tuned=False)
+    cache = tmp_path / "cache"
+
+    first = summary(run_tool(*args(pool, tmp_path / "a", "--embed-cache", cache), ranks=2))
+    assert f"scored {N_DOCS} " in first
+    (folder,) = cache.glob("pool-embeddings-*")
+    assert len(list(folder.glob("*.done"))) == N_DOCS // SHARD
+
+    def with_model(model, out, *extra):
+        a = args(pool, out, *extra)
+        a[a.index("--gm-influence-model") + 1] = model
+        return a
+
+    cached = summary(run_tool(*with_model(tmp_path / "other", tmp_path / "b", "--embed-cache", cache)))
+    assert "scored 0 " in cached  # every h from the cache
+    plain = summary(run_tool(*with_model(tmp_path / "other", tmp_path / "c")))
+    assert f"scored {N_DOCS} " in plain
+    for i in range(N_DOCS // SHARD):
+        x = np.load(tmp_path / "b.scores" / f"shard-{i:05d}.npz")
+        y = np.load(tmp_path / "c.scores" / f"shard-{i:05d}.npz")
+        assert all(np.array_equal(x[k], y[k]) for k in ("documents", "h", "s"))
+    assert (tmp_path / "b" / "documents.npy").read_bytes() == (tmp_path / "c" / "documents.npy").read_bytes()
+    assert (tmp_path / "b" / "documents.npy").read_bytes() != (tmp_path / "a" / "documents.npy").read_bytes()
+
+    save_influence_model(tmp_path / "tuned", other, manifest, fine_tuned=True)
+    tuned = summary(run_tool(*with_model(tmp_path / "tuned", tmp_path / "t", "--embed-cache", cache)))
+    assert f"scored {N_DOCS} " in tuned  # a fine-tuned encoder's h is never cached
+    assert len(list(cache.glob("pool-embeddings-*"))) == 1

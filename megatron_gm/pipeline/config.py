@@ -103,6 +103,8 @@ class SelectConfig:
     num_clusters: int = 0  # 0: the tool's default (about 3,000 documents a cluster)
     kmeans_iters: int = 20
     seed: int = 1234
+    # frozen-encoder pool embeddings, reused by every later round: "" = RUN/embeddings, "none" = off
+    embed_cache: str = ""
     extra_args: list[str] = dataclasses.field(default_factory=list)
 
 

@@ -160,7 +160,14 @@ def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path) -> list[str]:
 
 
 def select_args(
-    cfg: PipelineConfig, stage: int, out: Path, *, model: Path | None, scores_from: Path | None, method: str
+    cfg: PipelineConfig,
+    stage: int,
+    out: Path,
+    *,
+    model: Path | None,
+    scores_from: Path | None,
+    method: str,
+    embed_cache: Path | None = None,
 ) -> list[str]:
     s = cfg.select
     args = ["--data-path", cfg.data_path]
@@ -168,6 +175,8 @@ def select_args(
         args += ["--scores-from", str(scores_from)]
     else:
         args += ["--gm-influence-model", str(model)]
+        if embed_cache is not None:
+            args += ["--embed-cache", str(embed_cache)]
     args += [
         "--gm-select-method", method, "--gm-select-ratio", repr(float(s.ratio)),
         "--gm-kmeans-iters", str(s.kmeans_iters), "--seed", str(s.seed),
@@ -177,6 +186,14 @@ def select_args(
     if s.num_clusters:
         args += ["--gm-num-clusters", str(s.num_clusters)]
     return args + list(s.extra_args)
+
+
+def embed_cache_dir(cfg: PipelineConfig, out: Path) -> Path | None:
+    """Where selection keeps frozen-encoder pool embeddings across rounds (None: off)."""
+    c = cfg.select.embed_cache
+    if c == "none":
+        return None
+    return Path(c) if c else out / "embeddings"
 
 
 def ckpt_env(cfg: PipelineConfig, stage: int, ckpt: Path, init: Path | None) -> dict[str, str]:
@@ -257,7 +274,8 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
                        {"influence": model}, marker=model / "manifest.json", suffix="_bootstrap")  # fmt: skip
         nxt = out / f"stage{s + 1}" / "selection"
         add("select", "main", s + 1,
-            select_args(cfg, s + 1, nxt, model=model, scores_from=None, method=cfg.select.method),
+            select_args(cfg, s + 1, nxt, model=model, scores_from=None, method=cfg.select.method,
+                        embed_cache=embed_cache_dir(cfg, out)),
             [infl], {"selection": nxt}, marker=nxt / "manifest.json")  # fmt: skip
 
     if cfg.random_twin and cfg.stages > 1:

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--scores-dir", default=None, help="where scoring writes its shards (default OUTPUT.scores)"
     )
+    g.add_argument(
+        "--embed-cache",
+        default=None,
+        help="folder of pool embeddings kept across rounds; with a frozen encoder (influence --mode fast) "
+        "later rounds only apply the new heads",
+    )
     g = p.add_argument_group("selection")
     g.add_argument("--gm-select-method", default="group", choices=("group", "individual", "quota", "random"))
     g.add_argument(
@@ -82,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         influence_model=args.gm_influence_model,
         scores_from=args.scores_from,
         scores_dir=args.scores_dir,
+        embed_cache=args.embed_cache,
         method=args.gm_select_method,
         ratio=args.gm_select_ratio,
         num_clusters=args.gm_num_clusters,

@@ -53,6 +53,7 @@ class SelectConfig:
     influence_model: str | None = None
     scores_from: str | None = None
     scores_dir: str | None = None
+    embed_cache: str | None = None  # folder of pool embeddings reused across rounds (frozen encoder only)
     method: str = "group"
     ratio: float = 0.5
     num_clusters: int | None = None  # None: about DOCS_PER_CLUSTER documents a cluster
@@ -108,6 +109,7 @@ class Plan:
     model_hash: str
     iteration: int | None
     scores: Manifest
+    embed: Manifest | None = None  # the pool-embedding cache's manifest (None: no cache)
 
 
 class Clock:
@@ -226,7 +228,23 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
             extra={"batch_size": cfg.batch_size},
         )
         ShardSet(cfg.scores_folder, num_shards(num_docs, cfg.shard_size)).open(scores)
-    return Plan(fingerprint, num_docs, k, alpha, tau, model_hash, iteration, scores)
+    embed = None
+    if cfg.embed_cache and cfg.scores_from is None:
+        from megatron_gm.influence.io import read_model_config
+        from megatron_gm.selection.embed_cache import embed_cache_manifest, embed_cache_shards
+
+        embed = embed_cache_manifest(
+            model_config=read_model_config(cfg.influence_model),
+            fingerprint=fingerprint,
+            num_docs=num_docs,
+            shard_size=cfg.shard_size,
+            batch_size=cfg.batch_size,
+            threads=cfg.threads,
+            device=str(model.device),
+        )
+        if embed is not None:
+            embed_cache_shards(cfg.embed_cache, embed, num_shards(num_docs, cfg.shard_size)).open(embed)
+    return Plan(fingerprint, num_docs, k, alpha, tau, model_hash, iteration, scores, embed)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -366,7 +384,12 @@ def preload_model(cfg: SelectConfig, model_box: dict) -> None:
 
 def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict, clock: Clock) -> int:
     """Score this rank's share of the unfinished shards; returns the number of documents scored."""
+    from megatron_gm.selection.embed_cache import embed_cache_shards
     from megatron_gm.selection.scoring import score_shards
+
+    cache = None
+    if plan.embed is not None:
+        cache = embed_cache_shards(cfg.embed_cache, plan.embed, shards.num_shards)
 
     def setup():
         if not comm.is_root:
@@ -392,6 +415,7 @@ def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict, 
                 shard_size=cfg.shard_size,
                 batch_size=cfg.batch_size,
                 on_shard=bar.update,
+                embed_cache=cache,
             )
         )
     finally:

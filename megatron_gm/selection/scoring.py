@@ -45,21 +45,30 @@ def score_shards(
     shard_size: int,
     batch_size: int,
     on_shard: Callable[[int], None] | None = None,
+    embed_cache: ShardSet | None = None,
 ) -> int:
-    """Score the listed shards; return the number of documents scored."""
-    from megatron_gm.influence import document_texts, score_texts
+    """Score the listed shards; return the number of documents embedded with the encoder.
+
+    With ``embed_cache`` (frozen encoder), h is read from the cache where it has the shard, else
+    computed and added to it; s always comes from this model's heads."""
+    from megatron_gm.influence.embed import document_texts, embed_texts, individual_scores
+    from megatron_gm.selection.embed_cache import cached_h
 
     done = 0
     for i in todo:
         lo, hi = shard_range(i, num_docs, shard_size)
         docs = np.arange(lo, hi, dtype=np.int64)
-        h, s = score_texts(model, document_texts(data_path, docs), batch_size)
+        h = cached_h(embed_cache, i, docs)
+        if h is None:
+            h = np.ascontiguousarray(embed_texts(model, document_texts(data_path, docs), batch_size))
+            if embed_cache is not None and np.isfinite(h).all():
+                embed_cache.write(i, documents=docs, h=h)
+            done += hi - lo
         h = np.ascontiguousarray(h, dtype=np.float32)
-        s = np.ascontiguousarray(s, dtype=np.float32)
+        s = np.ascontiguousarray(individual_scores(model, h), dtype=np.float32)
         if not (np.isfinite(h).all() and np.isfinite(s).all()):
             raise GMError(f"{shards.path(i)}: the influence model gave non-finite scores; check the model")
         shards.write(i, documents=docs, h=h, s=s)
-        done += hi - lo
         if on_shard is not None:
             on_shard(hi - lo)
     return done
