@@ -38,7 +38,7 @@ def _test() -> PipelineConfig:
 def _tiny() -> PipelineConfig:
     return PipelineConfig(
         preset="tiny",
-        stages=2,
+        stages=3,  # two selection rounds; the second reuses the pool embeddings (select.embed_cache)
         random_twin=True,
         model=ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256, seq_length=128),
         train=TrainConfig(
