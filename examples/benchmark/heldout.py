@@ -44,6 +44,30 @@ def blimp_pairs(path: Path, max_pairs: int = 0) -> list[tuple[str, str]]:
     return pairs
 
 
+def clean_share(heldout_dir: Path, data_path: str, selections: dict[str, Path]) -> dict[str, dict]:
+    """Share of documents labelled clean (pool_labels.tsv.gz, by document id) in the pool and each selection."""
+    import csv
+    import gzip
+
+    from megatron_gm.data.indexed import load_dataset_info
+
+    path = Path(heldout_dir) / "pool_labels.tsv.gz"
+    if not path.is_file():
+        raise GMError(f"{path}: not found; pass --heldout-dir <folder with the held-out files>")
+    with gzip.open(path, "rt", newline="") as f:
+        group = {row["id"]: row["group"] for row in csv.DictReader(f, delimiter="\t")}
+    ids = load_dataset_info(data_path).ids
+    clean = np.asarray([group.get(i) == "clean" for i in ids])
+    known = np.asarray([i in group for i in ids])
+    out = {"pool": {"docs": len(ids), "clean_share": float(clean.mean()), "labelled": float(known.mean())}}
+    for name, folder in selections.items():
+        f = Path(folder) / "documents.npy"
+        if f.exists():
+            docs = np.load(f)
+            out[name] = {"docs": int(docs.size), "clean_share": float(clean[docs].mean())}
+    return out
+
+
 def sentence_samples(sentences: list[str], tokenize, eod: int, seq_length: int):
     from megatron_gm.oracle.samples import pad_sample
 

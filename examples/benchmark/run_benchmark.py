@@ -58,9 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def pipeline_sets(quick: bool, seed: int) -> tuple[str, list[str]]:
-    """(preset, --set list) shared by every method: equal model, tokens, steps and schedule."""
+def pipeline_sets(quick: bool, seed: int, out: Path) -> tuple[str, list[str]]:
+    """(preset, --set list) shared by every method: equal model, tokens, steps and schedule.
+
+    Every run shares one frozen-encoder embedding cache: the pool is embedded once for the whole
+    benchmark, and each round only applies its own model's heads."""
     seeds = [f"{k}.seed={seed}" for k in ("train", "oracle", "influence", "select")]
+    seeds.append(f"select.embed_cache={out / 'embeddings'}")
     # the pipeline's oracle command lacks --gm-stage-iters, which collect_oracle needs from stage 1 on
     iters = 30 if quick else 120
     seeds.append(f"oracle.extra_args=--gm-stage-iters {iters}")
@@ -75,6 +79,7 @@ def pipeline_sets(quick: bool, seed: int) -> tuple[str, list[str]]:
         f"train.stage_iters={iters}",
         "train.save_interval=40",
         "train.eval_interval=1000",
+        "oracle.trajectories=128",  # twice the quickstart's: the influence model is fitted on 1,280 labels
     ]
 
 
@@ -134,7 +139,7 @@ def prepare_data(a, out: Path) -> tuple[str, str]:
 
 
 def pipeline_argv(a, seed_dir: Path, method: str, prefix: str, tok: str, seed: int, ref: str) -> list[str]:
-    preset, sets = pipeline_sets(a.quick, seed)
+    preset, sets = pipeline_sets(a.quick, seed, seed_dir.parent)
     argv = ["--preset", preset, "--stages", str(a.stages), "--out", str(seed_dir / method),
             "--data-path", prefix, "--tokenizer-model", tok, "--ref", ref,
             "--random-twin" if method == "group" else "--no-random-twin"]  # fmt: skip
