@@ -72,6 +72,7 @@ def oracle_store(
     iteration: int = 10,
     shards: int = 2,
     traj_offset: int = 0,
+    reference: str = "ref0",
 ) -> Path:
     n = len(documents)
     manifest = Manifest(
@@ -81,6 +82,7 @@ def oracle_store(
         iteration=iteration,
         seed=0,
         config={"T": int(documents.shape[1])},
+        inputs={"reference": reference},
     )
     parts = []
     for idx in np.array_split(np.arange(n), shards):

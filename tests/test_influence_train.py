@@ -176,6 +176,9 @@ def test_bad_oracle_stores_are_refused(world, tmp_path):
     oracle_store(tmp_path / "stage1", info.fingerprint, docs, labels, stage=1)
     with pytest.raises(GMError, match="same checkpoint"):
         load_stores([str(tmp_path / "ok"), str(tmp_path / "stage1")], info.fingerprint)
+    oracle_store(tmp_path / "ref1", info.fingerprint, docs, labels, reference="ref1")
+    with pytest.raises(GMError, match="same --gm-oracle-ref"):
+        load_stores([str(tmp_path / "ok"), str(tmp_path / "ref1")], info.fingerprint)
     oracle_store(tmp_path / "range", info.fingerprint, docs + 1000, labels)
     with pytest.raises(GMError, match="out of range"):
         load_stores([str(tmp_path / "range")], info.fingerprint, info.num_docs)

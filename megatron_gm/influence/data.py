@@ -34,7 +34,7 @@ class TrajectoryData:
 
 
 def load_stores(folders: list[str], dataset_fingerprint: str, num_docs: int | None = None) -> TrajectoryData:
-    """Load and concatenate oracle stores made for this dataset, from the same checkpoint, with the same T."""
+    """Load and concatenate oracle stores of this dataset: same checkpoint, T and reference set."""
     if not folders:
         raise GMError("no oracle store given; pass --oracle DIR (several for several rounds)")
     parts = []
@@ -55,6 +55,12 @@ def load_stores(folders: list[str], dataset_fingerprint: str, num_docs: int | No
                     f"{f}: oracle labels from {key} {b}, but {folders[0]} is from {key} {a}; "
                     "train on stores collected from the same checkpoint"
                 )
+        a, b = first.manifest.inputs.get("reference"), p.manifest.inputs.get("reference")
+        if a is not None and b is not None and a != b:
+            raise GMError(
+                f"{f}: oracle labels measured on reference set {b}, but {folders[0]} on {a}; "
+                "collect every store with the same --gm-oracle-ref"
+            )
     docs = np.concatenate([p.documents for p in parts]).astype(np.int64)
     labels = np.concatenate([p.labels for p in parts]).astype(np.float32)
     store = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(parts)])
