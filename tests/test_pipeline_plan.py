@@ -312,3 +312,14 @@ def test_report_reads_megatron_losses_and_times(tmp_path):
     assert rep["losses"]["1"]["random"]["valid_loss"] == 6.7
     assert "    1            -       6.7000" in text and "stage1.select" in text
     assert (tmp_path / "report.txt").read_text() == text
+
+
+def test_estimate_skips_the_pool_embedding_after_the_first_round():
+    cfg = preset("tiny")
+    cfg.data_path = "/nonexistent"
+    est = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
+    assert est["stage2.select"].flops < 0.01 * est["stage1.select"].flops
+    assert "cached embeddings" in est["stage2.select"].note
+    cfg.select.embed_cache = "none"
+    est = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
+    assert est["stage2.select"].flops == pytest.approx(est["stage1.select"].flops)

@@ -6,7 +6,8 @@ FLOPs (forward + backward = 3x forward):
   the reference set is packed into seq-length samples).
 - bootstrap: encoder forward over the searched documents, plus the beam search (2·d per candidate).
 - influence: encoder forward over the trajectories' documents (fast mode: once; full: every epoch, x3).
-- select: encoder forward over the whole pool, plus k-means (2·n·k·d per iteration) and the greedy pick.
+- select: encoder forward over the whole pool (none after the first round with a frozen encoder and
+  the embedding cache), plus k-means (2·n·k·d per iteration) and the greedy pick.
 
 Time = FLOPs / (devices x sustained FLOP/s) + a fixed start-up per job. The sustained rates are guesses:
 on CPU calibrated on this project's 2-core quickstart (tiny models are overhead-bound), on GPU an
@@ -33,8 +34,9 @@ class Hardware:
 
 
 CPU = Hardware(
-    "CPU (per thread; calibrated on the quickstart, a shared 2-core machine)", 5e9, 2e9, 1e11,
-    {"pretrain": 20.0, "oracle": 20.0, "influence": 25.0, "bootstrap": 20.0, "select": 15.0},
+    "CPU (per thread; calibrated on the tiny quickstart on 2 idle cores; a busy machine is several times "
+    "slower)", 2.5e10, 1.7e10, 1.8e11,
+    {"pretrain": 15.0, "oracle": 15.0, "influence": 25.0, "bootstrap": 20.0, "select": 10.0},
 )  # fmt: skip
 H100 = Hardware(
     "GPU (H100 bf16: 35% MFU training, 10% probing, 30% encoder)", 0.35 * 989e12, 0.10 * 989e12,
@@ -110,10 +112,14 @@ def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardw
         k = s.num_clusters or max(1, round(pool.num_docs / 3000))
         d = 384
         embed = pool.num_docs * enc_tokens_per_doc * 2 * ENCODER_PARAMS
+        cached = i.mode == "fast" and s.embed_cache != "none" and phase.stage > 1
+        if cached:  # a frozen encoder's pool embeddings come from the first round's cache
+            embed = 0.0
         kmeans = s.kmeans_iters * min(pool.num_docs, 256 * k) * k * d * 2 + pool.num_docs * k * d * 2
         greedy = pool.num_docs * (pool.num_docs / k) * s.ratio * d * 2
         flops = embed + kmeans + greedy
-        rate, note = hw.flops_encoder, f"{pool.num_docs} documents, {k} clusters"
+        rate = hw.flops_encoder
+        note = f"{pool.num_docs} documents{' (cached embeddings)' if cached else ''}, {k} clusters"
     seconds = flops / (rate * devices) + hw.startup_s[phase.kind]
     return Estimate(phase.name, flops, seconds, note)
 
