@@ -45,3 +45,32 @@ def test_aggregate_and_wins_and_band():
     assert x.tolist() == [0.0, 10.0] and mean.tolist() == [6.0, 3.0]
     assert lo.tolist() == [5.0, 2.0] and hi.tolist() == [7.0, 4.0]
     assert overhead_share(25.0, 75.0) == pytest.approx(0.25)
+
+
+def test_clean_share_maps_labels_by_document_id(tmp_path):
+    """heldout.clean_share on a synthetic labels file (the real held-out file is never read by tests)."""
+    import gzip
+
+    import numpy as np
+    from heldout import clean_share
+
+    from megatron_gm.data.indexed import write_indexed_dataset
+
+    ids = [f"doc-{i}" for i in range(6)]
+    info = write_indexed_dataset(
+        tmp_path / "pool", [[1, 2, 3]] * 6, tokenizer={"type": "NullTokenizer"}, source="t", ids=ids
+    )
+    with gzip.open(tmp_path / "pool_labels.tsv.gz", "wt") as f:
+        f.write("id\tsource\tgroup\n")
+        for i, g in enumerate("cnccnn"):  # doc-5 is left unlabelled
+            if i < 5:
+                f.write(f"doc-{i}\tsrc\t{'clean' if g == 'c' else 'noisy'}\n")
+    sel = tmp_path / "sel"
+    sel.mkdir()
+    np.save(sel / "documents.npy", np.array([0, 2, 3], dtype=np.int64))
+    out = clean_share(tmp_path, info.prefix, {"group": sel, "missing": tmp_path / "nope"})
+    assert out["pool"]["clean_share"] == pytest.approx(3 / 6) and out["pool"]["labelled"] == pytest.approx(
+        5 / 6
+    )
+    assert out["group"] == {"docs": 3, "clean_share": pytest.approx(1.0)}
+    assert "missing" not in out
