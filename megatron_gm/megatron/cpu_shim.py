@@ -19,8 +19,8 @@ Patches (reason -> the Megatron file that needs it):
      clipping in core/optimizer/clip_grads.py and the optimizers assert on that string).
   6. ``initialize_megatron(allow_no_cuda=True)``: training.py's pretrain() asserts CUDA otherwise
      (training/initialize.py).
-  7. Skip compiling the dataset helpers: the wheel ships the compiled module but no Makefile
-     (training/initialize.py ``_compile_dependencies``; the barrier is kept).
+  7. (Now in ``loader.install``, with or without CUDA: skip the ``make`` of the dataset helpers
+     when the wheel's compiled module imports; training/initialize.py ``_compile_dependencies``.)
   8. ``torch.cuda.device_count()`` is 1 only inside Megatron's distributed init and seeding, which skip
      model-parallel groups and the RNG tracker on 0 devices (training/initialize.py). A permanent fake
      count makes torch believe CUDA exists elsewhere and breaks the optimizer step.
@@ -258,11 +258,6 @@ def _patch_megatron() -> None:
 
     training.initialize_megatron = initialize_megatron
     initialize.initialize_megatron = initialize_megatron
-
-    def compile_dependencies() -> None:
-        torch.distributed.barrier()
-
-    initialize._compile_dependencies = compile_dependencies
 
     for name in ("_initialize_distributed", "_set_random_seed"):
         fn = getattr(initialize, name)

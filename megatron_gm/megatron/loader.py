@@ -5,7 +5,10 @@ Megatron's ``training.py`` imports ``build_pretraining_data_loader`` by name, so
   - adds the ``--gm-*`` group to every Megatron parse (``arguments.add_megatron_arguments``) and runs
     ``validate_gm_args`` after Megatron's ``validate_args`` (a GMError there prints one line, exit 2);
   - ends the run at its stage boundary through Megatron's own save-and-exit path
-    (``training.checkpoint_and_decide_exit`` sees ``exit_interval`` = the boundary at that iteration).
+    (``training.checkpoint_and_decide_exit`` sees ``exit_interval`` = the boundary at that iteration);
+  - skips Megatron's runtime ``make`` of the dataset helpers when the compiled module imports
+    (``initialize._compile_dependencies``): the megatron-core wheel ships ``helpers_cpp`` but no
+    Makefile, so the ``make`` fails and ``initialize_megatron`` exits 1 on every rank, with CUDA or not.
 
 With ``--gm-selection`` the training split's loader walks a stage dataset: Megatron's GPTDataset over
 the selected documents (one epoch: Megatron's document shuffle and packing), ordered by our
@@ -44,6 +47,9 @@ def install(cpu_shim: bool | None = None) -> None:
     _installed["validate_args"] = arguments.validate_args
     _installed["loader"] = training.build_pretraining_data_loader
     _installed["exit"] = training.checkpoint_and_decide_exit
+    from megatron.training import initialize
+
+    _installed["compile"] = initialize._compile_dependencies
 
     @functools.wraps(arguments.add_megatron_arguments)
     def add_megatron_arguments(parser):
@@ -59,6 +65,23 @@ def install(cpu_shim: bool | None = None) -> None:
     arguments.validate_args = validate_args
     training.build_pretraining_data_loader = build_pretraining_data_loader
     training.checkpoint_and_decide_exit = checkpoint_and_decide_exit
+    initialize._compile_dependencies = compile_dependencies
+
+
+def compile_dependencies() -> None:
+    """Megatron's ``_compile_dependencies`` without the ``make`` when the compiled helpers import.
+
+    Megatron 0.19 runs ``make -C megatron/core/datasets`` on rank 0, then a barrier. A pip install has
+    the built ``helpers_cpp`` and no Makefile, so that ``make`` fails; a source checkout without the
+    built module still compiles it as before.
+    """
+    try:
+        import megatron.core.datasets.helpers_cpp  # noqa: F401
+    except ImportError:
+        return _installed["compile"]()
+    import torch
+
+    torch.distributed.barrier()
 
 
 def run_gm_validation(args) -> None:
