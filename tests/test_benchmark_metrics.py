@@ -74,3 +74,13 @@ def test_clean_share_maps_labels_by_document_id(tmp_path):
     )
     assert out["group"] == {"docs": 3, "clean_share": pytest.approx(1.0)}
     assert "missing" not in out
+
+
+def test_matched_quality_efficiency():
+    from metrics import matched_quality_efficiency
+
+    # the method reaches random's final loss 6.0 (random used 200 tokens) at 150 tokens: 200 / 150
+    e = matched_quality_efficiency([0, 100, 200], [10.0, 7.0, 5.0], 6.0, 200.0)
+    assert e.value == pytest.approx(200 / 150) and not e.upper_bound
+    e = matched_quality_efficiency([0, 100, 200], [10.0, 8.0, 7.0], 6.0, 200.0)  # never gets there
+    assert e.value == pytest.approx(1.0) and e.upper_bound

@@ -35,6 +35,7 @@ def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> 
 class Efficiency:
     value: float  # tokens random needs / tokens the method used
     lower_bound: bool  # random never reached the loss: value uses random's last point (a lower bound)
+    upper_bound: bool = False  # matched_quality_efficiency: the method never reached random's final loss
 
 
 def token_efficiency(
@@ -48,6 +49,20 @@ def token_efficiency(
     if need is None:
         return Efficiency(float(random_tokens[-1]) / method_tokens, True)
     return Efficiency(need / method_tokens, False)
+
+
+def matched_quality_efficiency(
+    method_tokens: list[float], method_losses: list[float], random_final_loss: float, random_tokens: float
+) -> Efficiency:
+    """Tokens random used ÷ tokens the method needs to reach random's final loss (interpolated on the
+    method's curve): "the same quality with 1/x of the tokens". If the method never gets there, its total
+    is used and flagged as an upper bound."""
+    if random_tokens <= 0:
+        raise ValueError("random_tokens must be positive")
+    need = tokens_to_reach(method_tokens, method_losses, random_final_loss)
+    if need is None:
+        return Efficiency(random_tokens / float(method_tokens[-1]), False, True)
+    return Efficiency(random_tokens / need if need > 0 else math.inf, False)
 
 
 @dataclasses.dataclass

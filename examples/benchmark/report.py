@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from metrics import aggregate, curve_band, overhead_share, token_efficiency, wins
+from metrics import aggregate, curve_band, matched_quality_efficiency, overhead_share, token_efficiency, wins
 
 METHODS = ("random", "individual", "quota", "group")
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,6 +177,32 @@ def plots(folder: Path, curves_by_seed: list[dict], tok_per_iter: float, dist: d
     plt.close(fig)
     names.append("loss_curves.png")
 
+    # paired by seed: the seeds' spread is much larger than the methods' gaps, so plot method - random
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in METHODS:
+        ds = []
+        for c in curves_by_seed:
+            if m in c and "random" in c:
+                rnd = dict(zip(c["random"]["iters"], c["random"]["ref"], strict=True))
+                common = [
+                    (i, y - rnd[i]) for i, y in zip(c[m]["iters"], c[m]["ref"], strict=True) if i in rnd
+                ]
+                ds.append(([float(i * tok_per_iter) for i, _ in common], [d for _, d in common]))
+        if not ds:
+            continue
+        x, mean, lo, hi = curve_band(ds)
+        ax.plot(x / 1e6, mean, label=f"{m} ({len(ds)} seed{'s' if len(ds) > 1 else ''})")
+        ax.fill_between(x / 1e6, lo, hi, alpha=0.2)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("training tokens (M)")
+    ax.set_ylabel("reference loss minus random's (same seed)")
+    ax.set_title("vs random, paired by seed (mean, band = min..max; below 0 = better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss_vs_random.png", dpi=110)
+    plt.close(fig)
+    names.append("loss_vs_random.png")
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax, title in (("labels", axes[0], "oracle labels (Δ ref loss)"),
                            ("scores", axes[1], "influence scores over the pool")):  # fmt: skip
@@ -266,9 +292,9 @@ def write_report(out: Path, a, heldout: bool = False) -> Path:
                         for (m, s), d in table.items()}  # fmt: skip
 
     # token efficiency and wins (final stage)
-    eff, final = {}, {}
+    eff, matched, final = {}, {}, {}
     for m in METHODS:
-        vals, flags, fl = [], [], []
+        vals, flags, fl, mv, mflags = [], [], [], [], []
         for c in curves:
             if m not in c or "random" not in c or stages - 1 not in c[m]["stage_end"]:
                 continue
@@ -279,9 +305,15 @@ def write_report(out: Path, a, heldout: bool = False) -> Path:
             vals.append(e.value)
             flags.append(e.lower_bound)
             fl.append(last["reference"]["loss"])
+            t_m = [i * tok_per_iter for i in c[m]["iters"]]
+            q = matched_quality_efficiency(t_m, c[m]["ref"], r["ref"][-1], t_r[-1])
+            mv.append(q.value)
+            mflags.append(q.upper_bound)
         eff[m] = {"per_seed": vals, "lower_bound": flags, "aggregate": aggregate(vals).__dict__}
+        matched[m] = {"per_seed": mv, "upper_bound": mflags, "aggregate": aggregate(mv).__dict__}
         final[m] = fl
     res["token_efficiency_vs_random"] = eff
+    res["matched_quality_efficiency_vs_random"] = matched
     res["final_ref_loss_per_seed"] = final
     res["wins_final_ref_loss"] = {
         f"group<{b}": dict(zip(("seeds_better", "seeds"), wins(final["group"], final[b]), strict=True))
@@ -377,6 +409,19 @@ def markdown(res: dict, table: dict, eff: dict, stages: int, pngs: list[str], a)
     for m in METHODS:
         e = eff[m]
         per = ", ".join(("≥" if lb else "") + f"{v:.3f}" for v, lb in zip(e["per_seed"], e["lower_bound"]))
+        agg = e["aggregate"]
+        cell = (
+            "-" if not agg["n"] else f"{agg['mean']:.3f}" + (f" ± {agg['std']:.3f}" if agg["n"] > 1 else "")
+        )
+        lines.append(f"| {m} | {cell} | {per} |")
+    mq = res["matched_quality_efficiency_vs_random"]
+    lines += ["", "Matched quality: tokens random used ÷ tokens the method needed to reach random's final "
+              "reference loss (interpolated on the method's curve); 1.2 = random's quality with 1/1.2 of the "
+              "tokens. '≤' marks seeds where the method never got there (an upper bound).", "",
+              "| method | efficiency | per seed |", "|---|---|---|"]  # fmt: skip
+    for m in METHODS:
+        e = mq[m]
+        per = ", ".join(("≤" if ub else "") + f"{v:.3f}" for v, ub in zip(e["per_seed"], e["upper_bound"]))
         agg = e["aggregate"]
         cell = (
             "-" if not agg["n"] else f"{agg['mean']:.3f}" + (f" ± {agg['std']:.3f}" if agg["n"] > 1 else "")
