@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: random vs individual (MATES) vs quota-only vs group (Group-MATES) selection, x seeds.
 
-    .venv/bin/python examples/benchmark/run_benchmark.py                 # 20k pool, 3 seeds (~2 h, 2 cores)
+    .venv/bin/python examples/benchmark/run_benchmark.py                 # 20k pool, 3 seeds (~1 h on 2 cores)
     .venv/bin/python examples/benchmark/run_benchmark.py --pool 64k      # the whole bundled pool
     .venv/bin/python examples/benchmark/run_benchmark.py --quick         # a short look (one seed, pool slice)
     .venv/bin/python examples/benchmark/run_benchmark.py --heldout       # + held-out numbers in the final report
