@@ -3,7 +3,7 @@
 # indexed dataset, then run the whole Group-MATES loop with the tiny preset (tools/run_pipeline.py):
 #   stage 0 on random data -> oracle -> influence model -> selection -> stage 1 on the selection ->
 #   a second round -> stage 2, plus twin stages on random selections of the same size, and a report.
-# About 10 minutes on 2 idle CPU cores (embedding the pool with MiniLM, ~3 min, is paid once and reused
+# About 8 minutes on 2 idle CPU cores (embedding the pool with MiniLM, ~3 min, is paid once and reused
 # by the second round). Outputs go to runs/quickstart (override with OUT=...); rerunning
 # continues where it stopped. POOL / REF point at other jsonl files; DATA at another folder holding the
 # bundled files; PRESET picks sizes. Arguments go to tools/run_pipeline.py, e.g.
