@@ -354,6 +354,20 @@ def write_report(out: Path, a, heldout: bool = False) -> Path:
     return folder / "report.md"
 
 
+def _efficiency_rows(eff: dict, flag: str, mark: str) -> list[str]:
+    """Table rows: method | mean ± std | per seed, with ``mark`` before seeds whose value is a bound."""
+    rows = []
+    for m in METHODS:
+        e = eff[m]
+        per = ", ".join((mark if b else "") + f"{v:.3f}" for v, b in zip(e["per_seed"], e[flag], strict=True))
+        agg = e["aggregate"]
+        cell = (
+            "-" if not agg["n"] else f"{agg['mean']:.3f}" + (f" ± {agg['std']:.3f}" if agg["n"] > 1 else "")
+        )
+        rows.append(f"| {m} | {cell} | {per} |")
+    return rows
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -406,27 +420,12 @@ def markdown(res: dict, table: dict, eff: dict, stages: int, pngs: list[str], a)
               "random's curve) ÷ tokens the method used. '≥' marks seeds where random never got there "
               "(random's total is used: a lower bound).", "",
               "| method | efficiency | per seed |", "|---|---|---|"]  # fmt: skip
-    for m in METHODS:
-        e = eff[m]
-        per = ", ".join(("≥" if lb else "") + f"{v:.3f}" for v, lb in zip(e["per_seed"], e["lower_bound"]))
-        agg = e["aggregate"]
-        cell = (
-            "-" if not agg["n"] else f"{agg['mean']:.3f}" + (f" ± {agg['std']:.3f}" if agg["n"] > 1 else "")
-        )
-        lines.append(f"| {m} | {cell} | {per} |")
-    mq = res["matched_quality_efficiency_vs_random"]
+    lines += _efficiency_rows(eff, "lower_bound", "≥")
     lines += ["", "Matched quality: tokens random used ÷ tokens the method needed to reach random's final "
               "reference loss (interpolated on the method's curve); 1.2 = random's quality with 1/1.2 of the "
               "tokens. '≤' marks seeds where the method never got there (an upper bound).", "",
               "| method | efficiency | per seed |", "|---|---|---|"]  # fmt: skip
-    for m in METHODS:
-        e = mq[m]
-        per = ", ".join(("≤" if ub else "") + f"{v:.3f}" for v, ub in zip(e["per_seed"], e["upper_bound"]))
-        agg = e["aggregate"]
-        cell = (
-            "-" if not agg["n"] else f"{agg['mean']:.3f}" + (f" ± {agg['std']:.3f}" if agg["n"] > 1 else "")
-        )
-        lines.append(f"| {m} | {cell} | {per} |")
+    lines += _efficiency_rows(res["matched_quality_efficiency_vs_random"], "upper_bound", "≤")
     o = res["overhead_seconds"]["aggregate"]
     fl = res["flops"]
     lines += ["", "## Overhead vs pretraining (group's run, measured wall seconds incl. process start-up)", "",
