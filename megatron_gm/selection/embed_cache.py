@@ -31,7 +31,9 @@ def embed_cache_manifest(
     threads: int,
     device: str,
 ) -> Manifest | None:
-    """The cache's manifest for a saved influence model's config.json, or None when it is fine-tuned."""
+    """The cache's manifest for a saved influence model's config.json, or None when it is fine-tuned.
+
+    ``device``: "cpu", or the GPU model (values may differ in the last bits between GPU models)."""
     if model_config.get("fine_tuned", True):
         return None
     m = model_config["model"]
@@ -44,7 +46,7 @@ def embed_cache_manifest(
         "shard_size": int(shard_size),
         "batch_size": int(batch_size),
         "threads": int(threads),
-        "device": "cpu" if device == "cpu" else "cuda",
+        "device": device,
     }
     return Manifest(KIND, fingerprint, config=config)
 

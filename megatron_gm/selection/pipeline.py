@@ -240,7 +240,7 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
             shard_size=cfg.shard_size,
             batch_size=cfg.batch_size,
             threads=cfg.threads,
-            device=str(model.device),
+            device=device_kind(model.device),
         )
         if embed is not None:
             embed_cache_shards(cfg.embed_cache, embed, num_shards(num_docs, cfg.shard_size)).open(embed)
@@ -259,6 +259,14 @@ def scoring_device(cfg: SelectConfig) -> str:
         return "cpu"
     local = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or "0"
     return f"cuda:{int(local) % torch.cuda.device_count()}"
+
+
+def device_kind(device) -> str:
+    """ "cpu", or the GPU's model name: what embeddings computed on ``device`` are comparable across."""
+    import torch
+
+    device = torch.device(device)
+    return "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
 
 
 def progress_bar(cfg: SelectConfig, comm: Comm, total: int, desc: str, unit: str):
