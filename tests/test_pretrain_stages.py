@@ -196,6 +196,20 @@ def test_selection_of_another_dataset_is_refused_before_training(stage0, tmp_pat
     assert not (tmp_path / "ck").exists()
 
 
+def test_checkpoint_with_another_padded_vocabulary_is_refused(stage0, tmp_path):
+    """ck0 (vocabulary padded to 256) into TP=2 with --make-vocab-size-divisible-by 192 (padded to 384)."""
+    w, _, _, _, _ = stage0
+    p = _run(
+        w, 2, "--load", str(w / "ck0"), "--save", str(tmp_path / "ck"), "--gm-stage", "1",
+        "--gm-selection", str(w / "sel1"), "--tensor-model-parallel-size", "2",
+        "--make-vocab-size-divisible-by", "192", expect_rc=1,
+    )  # fmt: skip
+    errors = {line for line in p.stderr.splitlines() if line.startswith("error:")}
+    assert len(errors) == 1, p.stderr[-3000:]
+    assert "padded vocabulary 256 in the checkpoint, 384 in this run" in errors.pop()
+    assert not (tmp_path / "ck").exists()
+
+
 RUNTIME_CHECK = """
 import sys
 from megatron_gm.megatron import runtime

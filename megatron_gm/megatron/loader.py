@@ -131,6 +131,11 @@ def build_pretraining_data_loader(dataset, consumed_samples):
     original = _installed["loader"]
     if dataset is None or not _is_train_split(dataset):
         return original(dataset, consumed_samples)
+    try:
+        check_loaded_vocab(args)
+    except GMError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     selected = bool(getattr(args, "gm_selection", None))
     record = getattr(args, "gm_record_samples", None)
     staged = getattr(args, "gm_stage_end_iter", None) is not None
@@ -153,6 +158,27 @@ def build_pretraining_data_loader(dataset, consumed_samples):
 
 
 LEDGER = "gm_stages.json"
+
+
+def check_loaded_vocab(args) -> None:
+    """Refuse a loaded checkpoint whose padded vocabulary differs from this run's.
+
+    Megatron loads e.g. a TP=1 checkpoint into a TP=2 model with another padded vocabulary without an
+    error (the embedding is silently re-cut); the oracle checks the same in ``check_architecture``.
+    """
+    from megatron_gm.oracle.checkpoint import TRACKER, inspect_checkpoint
+
+    load = getattr(args, "load", None)
+    if not load or not os.path.isfile(os.path.join(load, TRACKER)):
+        return  # nothing was loaded (a first start)
+    info = inspect_checkpoint(load, getattr(args, "ckpt_step", None))
+    saved, have = info.saved("padded_vocab_size"), getattr(args, "padded_vocab_size", None)
+    if saved is not None and have is not None and saved != have:
+        raise GMError(
+            f"{info.path}: padded vocabulary {saved} in the checkpoint, {have} in this run "
+            f"(--make-vocab-size-divisible-by {args.make_vocab_size_divisible_by} x TP "
+            f"{args.tensor_model_parallel_size}); pick a --make-vocab-size-divisible-by that gives {saved}"
+        )
 
 
 def check_stage_ledger(args) -> None:
