@@ -305,3 +305,23 @@ def test_flags_left_out_are_taken_from_the_checkpoint():
     assert (
         "--train-iters" not in extra and "--lr-warmup-iters" not in extra and "--lr-decay-iters" not in extra
     )
+
+
+def test_architecture_and_padded_vocabulary_must_match_the_checkpoint():
+    """check_architecture: a differing flag or padded vocabulary (Megatron loads both silently) is refused."""
+    import argparse
+
+    from megatron_gm.oracle.checkpoint import CheckpointInfo
+    from megatron_gm.oracle.cli import check_architecture
+
+    saved = argparse.Namespace(num_layers=2, hidden_size=64, padded_vocab_size=256)
+    ckpt = CheckpointInfo("ck/iter_0000010", 10, saved, True, True)
+    run = argparse.Namespace(num_layers=2, hidden_size=64, make_vocab_size_divisible_by=128,
+                             tensor_model_parallel_size=1)  # fmt: skip
+    check_architecture(run, ckpt, vocab_size=200)  # 200 -> 256: fits
+    run.tensor_model_parallel_size = 3  # 200 -> multiple of 384
+    with pytest.raises(GMError, match=r"padded vocabulary 256 in the checkpoint, 384 in this run"):
+        check_architecture(run, ckpt, vocab_size=200)
+    run.tensor_model_parallel_size, run.hidden_size = 1, 32
+    with pytest.raises(GMError, match=r"hidden_size: checkpoint 64, this run 32"):
+        check_architecture(run, ckpt, vocab_size=200)

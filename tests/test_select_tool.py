@@ -125,6 +125,10 @@ def test_inputs_are_exclusive_and_required(scores, tmp_path):
     assert proc.returncode == 2 and "needs --data-path" in error_line(proc)
     proc = select(scores, tmp_path / "o", "--gm-select-method", "best")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    for flag in ("--scores-dir", "--embed-cache"):  # only for scoring
+        proc = select(scores, tmp_path / "o", flag, tmp_path / "x")
+        assert proc.returncode == 2 and f"{flag} is for scoring" in error_line(proc)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
 
 
 def test_write_scores_refuses_empty_and_existing(tmp_path):

@@ -251,13 +251,13 @@ def run_heldout(out: Path, seeds: int, stages: int, heldout_dir: Path) -> dict:
 def heldout_composition(out: Path, seeds: int, stages: int, heldout_dir: Path, data_path: str) -> dict:
     """Clean share (held-out per-source labels) of every method's selection, per seed and stage."""
     from heldout import clean_share
+    from run_benchmark import stage_dir
 
     res: dict = {}
     for k in range(seeds):
         sd = out / f"seed{k}"
         for s in range(1, stages):
-            sels = {m: (sd / "group" / "random" if m == "random" else sd / m) / f"stage{s}" / "selection"
-                    for m in METHODS}  # fmt: skip
+            sels = {m: stage_dir(sd, m, s) / "selection" for m in METHODS}
             res[f"seed{k}/stage{s}"] = clean_share(heldout_dir, data_path, sels)
     return res
 
@@ -333,8 +333,9 @@ def write_report(out: Path, a, heldout: bool = False) -> Path:
     # distributions and composition (seed 0)
     dist = scores_and_labels(seed_dirs[0])
     sd0 = seed_dirs[0]
-    sels = {m: (sd0 / "group" / "random" / "stage1" / "selection" if m == "random" else sd0 / m / "stage1" / "selection")
-            for m in METHODS}  # fmt: skip
+    from run_benchmark import stage_dir
+
+    sels = {m: stage_dir(sd0, m, 1) / "selection" for m in METHODS}
     comp = composition(bench["data_path"], sels)
     res["composition"] = {k: {"docs": v["docs"], "mean_length": float(np.mean(v["lengths"])),
                               "median_length": float(np.median(v["lengths"])),

@@ -197,14 +197,16 @@ def run_seed(a, out: Path, k: int, prefix: str, tok: str, ref: str) -> None:
         print(f"[bench] seed {k}: {method} done in {time.monotonic() - t0:.0f} s", flush=True)
 
 
+def stage_dir(seed_dir: Path, method: str, stage: int) -> Path:
+    """``method``'s folder of a selected stage (>= 1): random is group's twin."""
+    return (seed_dir / "group" / "random" if method == "random" else seed_dir / method) / f"stage{stage}"
+
+
 def checkpoint_dirs(seed_dir: Path, method: str, stages: int) -> dict[int, Path]:
     """Stage -> checkpoint folder of ``method`` (stage 0 is shared: group's)."""
     dirs = {0: seed_dir / "group" / "stage0" / "checkpoints"}
     for s in range(1, stages):
-        if method == "random":
-            dirs[s] = seed_dir / "group" / "random" / f"stage{s}" / "checkpoints"
-        else:
-            dirs[s] = seed_dir / method / f"stage{s}" / "checkpoints"
+        dirs[s] = stage_dir(seed_dir, method, s) / "checkpoints"
     return dirs
 
 

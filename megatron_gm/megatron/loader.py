@@ -161,24 +161,18 @@ LEDGER = "gm_stages.json"
 
 
 def check_loaded_vocab(args) -> None:
-    """Refuse a loaded checkpoint whose padded vocabulary differs from this run's.
-
-    Megatron loads e.g. a TP=1 checkpoint into a TP=2 model with another padded vocabulary without an
-    error (the embedding is silently re-cut); the oracle checks the same in ``check_architecture``.
-    """
-    from megatron_gm.oracle.checkpoint import TRACKER, inspect_checkpoint
+    """Refuse a loaded checkpoint whose padded vocabulary differs from this run's (Megatron does not)."""
+    from megatron_gm.oracle.checkpoint import TRACKER, inspect_checkpoint, padded_vocab_mismatch
 
     load = getattr(args, "load", None)
     if not load or not os.path.isfile(os.path.join(load, TRACKER)):
         return  # nothing was loaded (a first start)
     info = inspect_checkpoint(load, getattr(args, "ckpt_step", None))
-    saved, have = info.saved("padded_vocab_size"), getattr(args, "padded_vocab_size", None)
-    if saved is not None and have is not None and saved != have:
-        raise GMError(
-            f"{info.path}: padded vocabulary {saved} in the checkpoint, {have} in this run "
-            f"(--make-vocab-size-divisible-by {args.make_vocab_size_divisible_by} x TP "
-            f"{args.tensor_model_parallel_size}); pick a --make-vocab-size-divisible-by that gives {saved}"
-        )
+    why = padded_vocab_mismatch(
+        info.saved("padded_vocab_size"), getattr(args, "padded_vocab_size", None), args
+    )
+    if why:
+        raise GMError(f"{info.path}: {why}")
 
 
 def check_stage_ledger(args) -> None:

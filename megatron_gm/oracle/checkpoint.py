@@ -31,6 +31,20 @@ class CheckpointInfo:
         return getattr(self.args, name, default) if self.args is not None else default
 
 
+def padded_vocab_mismatch(saved: int | None, have: int | None, args) -> str | None:
+    """Why a checkpoint's padded vocabulary does not fit this run's (None: it fits or is unknown).
+
+    Megatron loads e.g. a TP=1 checkpoint into a TP=2 model with another padded vocabulary without an
+    error (the embedding is silently re-cut), so pretraining and the oracle check it themselves."""
+    if saved is None or have is None or saved == have:
+        return None
+    return (
+        f"padded vocabulary {saved} in the checkpoint, {have} in this run (--make-vocab-size-divisible-by "
+        f"{args.make_vocab_size_divisible_by} x TP {args.tensor_model_parallel_size}); pick a "
+        f"--make-vocab-size-divisible-by that gives {saved}"
+    )
+
+
 def checkpoint_dir(load: str, step: int | None = None) -> tuple[str, int]:
     if step is not None:
         return os.path.join(load, f"iter_{step:07d}"), step

@@ -254,21 +254,19 @@ def check_architecture(args, ckpt, vocab_size: int) -> None:
     """Refuse a run whose model differs from the checkpoint's (Megatron may load it silently)."""
     from megatron.training.vocab_utils import calculate_padded_vocab_size
 
+    from megatron_gm.oracle.checkpoint import padded_vocab_mismatch
+
     diff = []
     for name in ARCHITECTURE:
         have, saved = getattr(args, name, None), ckpt.saved(name)
         if saved is not None and have != saved:
             diff.append(f"{name}: checkpoint {saved}, this run {have}")
-    saved = ckpt.saved("padded_vocab_size")
     have = calculate_padded_vocab_size(
         vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, logging_enabled=False
     )
-    if saved is not None and have != saved:
-        diff.append(
-            f"padded vocabulary: checkpoint {saved}, this run {have} (--make-vocab-size-divisible-by "
-            f"{args.make_vocab_size_divisible_by} x TP {args.tensor_model_parallel_size}); pick a "
-            "--make-vocab-size-divisible-by that gives the checkpoint's size"
-        )
+    vocab = padded_vocab_mismatch(ckpt.saved("padded_vocab_size"), have, args)
+    if vocab:
+        diff.append(vocab)
     if diff:
         raise GMError(f"{ckpt.path}: the model flags differ from pretraining's: {'; '.join(diff)}")
 

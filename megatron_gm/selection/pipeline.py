@@ -79,8 +79,9 @@ class SelectConfig:
             raise GMError("pass exactly one of --gm-influence-model (score the pool) and --scores-from")
         if self.influence_model is not None and not self.data_path:
             raise GMError("--gm-influence-model needs --data-path (the dataset prefix to score)")
-        if self.scores_from is not None and self.scores_dir is not None:
-            raise GMError("--scores-dir is where scoring writes; with --scores-from nothing is scored")
+        if self.scores_from is not None and (self.scores_dir is not None or self.embed_cache is not None):
+            flag = "--scores-dir" if self.scores_dir is not None else "--embed-cache"
+            raise GMError(f"{flag} is for scoring; with --scores-from nothing is scored")
         if self.device not in ("auto", "cpu"):
             raise GMError(f"--device must be auto or cpu, got {self.device!r}")
         if self.stage < 0:

@@ -1,6 +1,7 @@
 """Step 1 of selection: embed and score the pool with the influence model, shard by shard.
 
-Each pending shard is decoded from the indexed dataset (``document_texts``), scored (``score_texts``)
+Each pending shard is decoded from the indexed dataset (``document_texts``), embedded (``embed_texts``, or
+read from the frozen encoder's embedding cache), scored with the model's heads (``individual_scores``)
 and written with its completion marker; a rerun after a kill scores only the shards without a marker.
 """
 
@@ -59,15 +60,16 @@ def score_shards(
         lo, hi = shard_range(i, num_docs, shard_size)
         docs = np.arange(lo, hi, dtype=np.int64)
         h = cached_h(embed_cache, i, docs)
-        if h is None:
-            h = np.ascontiguousarray(embed_texts(model, document_texts(data_path, docs), batch_size))
-            if embed_cache is not None and np.isfinite(h).all():
-                embed_cache.write(i, documents=docs, h=h)
+        fresh = h is None
+        if fresh:
+            h = embed_texts(model, document_texts(data_path, docs), batch_size)
             done += hi - lo
         h = np.ascontiguousarray(h, dtype=np.float32)
         s = np.ascontiguousarray(individual_scores(model, h), dtype=np.float32)
         if not (np.isfinite(h).all() and np.isfinite(s).all()):
             raise GMError(f"{shards.path(i)}: the influence model gave non-finite scores; check the model")
+        if fresh and embed_cache is not None:
+            embed_cache.write(i, documents=docs, h=h)
         shards.write(i, documents=docs, h=h, s=s)
         if on_shard is not None:
             on_shard(hi - lo)
