@@ -323,3 +323,22 @@ def test_estimate_skips_the_pool_embedding_after_the_first_round():
     cfg.select.embed_cache = "none"
     est = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
     assert est["stage2.select"].flops == pytest.approx(est["stage1.select"].flops)
+
+
+@pytest.mark.parametrize(("probe", "expect"), [(0, 500), (120, 120)])
+def test_bootstrap_probe_count_reaches_the_tool(tmp_path, probe, expect):
+    """oracle.bootstrap_probe_count=0 is documented as the whole pool: the tool must search all of it."""
+    import numpy as np
+
+    from megatron_gm.influence.bootstrap import BootstrapConfig, probing_pool
+    from megatron_gm.influence.cli import bootstrap_parser
+
+    cfg = preset("test")
+    cfg.override("oracle.bootstrap_beams=4")
+    cfg.override(f"oracle.bootstrap_probe_count={probe}")
+    args = bootstrap_parser().parse_args(by_name(build_plan(cfg, tmp_path))["stage0.bootstrap"].args)
+    bc = BootstrapConfig(
+        model=args.model, data_path=args.data_path, output=args.output, probe_count=args.probe_count
+    )
+    pool = probing_pool(bc, 500)
+    assert pool.size == expect and np.all(np.diff(pool) > 0) and pool[-1] < 500

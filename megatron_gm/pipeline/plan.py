@@ -153,9 +153,8 @@ def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path) -> list[str]:
         "--model", str(model), "--data-path", cfg.data_path, "--output", str(out),
         "--T", str(o.traj_len), "--width", str(o.bootstrap_width), "--beams-per-tail", str(o.bootstrap_beams),
         "--tails", "both", "--seed", str(o.seed), "--threads", str(cfg.launch.threads), "--no-progress",
+        "--probe-count", str(o.bootstrap_probe_count),  # always: 0 means the whole pool, not the tool's default
     ]  # fmt: skip
-    if o.bootstrap_probe_count:
-        args += ["--probe-count", str(o.bootstrap_probe_count)]
     return args
 
 
