@@ -60,6 +60,14 @@ class TrainConfig:
     eval_iters: int = 4
     log_interval: int = 10
     seed: int = 1234
+    # LR schedule over the whole run: "cosine", or "WSD" (warmup, constant, then a linear cooldown over the
+    # last ``wsd_cooldown`` share of the iterations). WSD's constant phase does not depend on the total, so a
+    # stage-0 checkpoint serves runs of any length (token budgets) with a complete schedule each.
+    lr_decay_style: str = "cosine"
+    wsd_cooldown: float = 0.2
+    # in-training evaluation (--gm-eval-pack): an eval pack scored every ``eval_pack_interval`` iterations
+    eval_pack: str = ""
+    eval_pack_interval: int = 0
     extra_args: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -179,6 +187,12 @@ class PipelineConfig:
             raise GMError("train.global_batch_size must be a multiple of train.micro_batch_size")
         if not 0 < self.select.ratio <= 1:
             raise GMError(f"select.ratio must be in (0, 1], got {self.select.ratio}")
+        if t.lr_decay_style not in ("cosine", "WSD"):
+            raise GMError(f"train.lr_decay_style must be cosine or WSD, got {t.lr_decay_style!r}")
+        if not 0 < t.wsd_cooldown <= 1:
+            raise GMError(f"train.wsd_cooldown must be in (0, 1], got {t.wsd_cooldown}")
+        if t.eval_pack and t.eval_pack_interval < 1:
+            raise GMError("train.eval_pack needs train.eval_pack_interval >= 1")
         if self.influence.mode not in ("fast", "full"):
             raise GMError(f"influence.mode must be fast or full, got {self.influence.mode!r}")
         return self

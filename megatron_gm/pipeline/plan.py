@@ -86,6 +86,16 @@ def _megatron_model_args(cfg: PipelineConfig) -> list[str]:
     return [*cfg.model.args(), *_data_args(cfg), "--seed", str(cfg.train.seed)]
 
 
+def schedule_args(cfg: PipelineConfig, total: int) -> list[str]:
+    """Megatron's LR-schedule flags for a run of ``total`` iterations."""
+    t = cfg.train
+    args = ["--lr-decay-style", t.lr_decay_style, "--lr-decay-iters", str(total)]
+    if t.lr_decay_style == "WSD":
+        cooldown = max(1, round(t.wsd_cooldown * total))
+        args += ["--lr-wsd-decay-style", "linear", "--lr-wsd-decay-iters", str(cooldown)]
+    return args + ["--lr-warmup-iters", str(t.warmup_iters)]
+
+
 def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path | None) -> list[str]:
     t = cfg.train
     total = cfg.stages * t.stage_iters
@@ -95,7 +105,7 @@ def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path |
         "--global-batch-size", str(t.global_batch_size),
         "--train-iters", str(total),
         "--lr", str(t.lr), "--min-lr", str(t.min_lr),
-        "--lr-decay-style", "cosine", "--lr-decay-iters", str(total), "--lr-warmup-iters", str(t.warmup_iters),
+        *schedule_args(cfg, total),
         "--weight-decay", "0.1", "--clip-grad", "1.0",
         "--split", "98,2,0",
         "--save", str(ckpt), "--save-interval", str(t.save_interval),
@@ -106,6 +116,8 @@ def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path |
     ]  # fmt: skip
     if selection is not None:
         args += ["--gm-selection", str(selection)]
+    if t.eval_pack:
+        args += ["--gm-eval-pack", t.eval_pack, "--gm-eval-interval", str(t.eval_pack_interval)]
     return args + list(t.extra_args)
 
 
