@@ -361,3 +361,24 @@ def test_wsd_schedule_and_eval_pack_flags(tmp_path):
     cfg.override("train.lr_decay_style=linear")
     with pytest.raises(GMError, match="lr_decay_style must be cosine or WSD"):
         cfg.validate(need_data=False)
+
+
+def test_first_stage_of_its_own_length(tmp_path):
+    """A short random stage 0, then equal selected stages: boundaries as --gm-stage-iters lists them."""
+    cfg = preset("test")
+    cfg.stages = 3
+    cfg.override("train.first_stage_iters=5")  # stages end at 5, 13, 21 (stage_iters 8)
+    ph = by_name(build_plan(cfg, tmp_path))
+    args = ph["stage1.pretrain"].args
+    assert _arg(args, "--train-iters") == "21" and _arg(args, "--gm-stage-iters") == "5,13"
+    assert [ph[f"stage{s}.pretrain"].env["GM_EXPECT_ITER"] for s in range(3)] == ["5", "13", "21"]
+    from megatron_gm.megatron.args import stage_plan
+
+    assert [(p.start, p.end) for p in (stage_plan(s, "5,13", 21) for s in range(3))] == [
+        (0, 5),
+        (5, 13),
+        (13, 21),
+    ]
+    cfg.override("train.first_stage_iters=-1")
+    with pytest.raises(GMError, match="first_stage_iters must be >= 0"):
+        cfg.validate(need_data=False)

@@ -50,6 +50,7 @@ class TrainConfig:
     """Pretraining: Megatron's own flags; every stage runs ``stage_iters`` iterations."""
 
     stage_iters: int = 100
+    first_stage_iters: int = 0  # stage 0's length (0: stage_iters), e.g. a short random warm-up stage
     micro_batch_size: int = 4
     global_batch_size: int = 8
     lr: float = 1e-3
@@ -69,6 +70,17 @@ class TrainConfig:
     eval_pack: str = ""
     eval_pack_interval: int = 0
     extra_args: list[str] = dataclasses.field(default_factory=list)
+
+    def stage_ends(self, stages: int) -> list[int]:
+        """The iteration at which each stage ends (the last one is the run's --train-iters)."""
+        first = self.first_stage_iters or self.stage_iters
+        return [first + k * self.stage_iters for k in range(stages)]
+
+    def stage_iters_flag(self, stages: int) -> str:
+        """``--gm-stage-iters``: the uniform length, or the stage boundaries when stage 0 differs."""
+        if not self.first_stage_iters or stages == 1:
+            return str(self.stage_iters if not self.first_stage_iters else self.first_stage_iters)
+        return ",".join(str(e) for e in self.stage_ends(stages)[:-1])
 
 
 @dataclasses.dataclass
@@ -187,6 +199,10 @@ class PipelineConfig:
             raise GMError("train.global_batch_size must be a multiple of train.micro_batch_size")
         if not 0 < self.select.ratio <= 1:
             raise GMError(f"select.ratio must be in (0, 1], got {self.select.ratio}")
+        if t.first_stage_iters < 0:
+            raise GMError(
+                f"train.first_stage_iters must be >= 0 (0: train.stage_iters), got {t.first_stage_iters}"
+            )
         if t.lr_decay_style not in ("cosine", "WSD"):
             raise GMError(f"train.lr_decay_style must be cosine or WSD, got {t.lr_decay_style!r}")
         if not 0 < t.wsd_cooldown <= 1:

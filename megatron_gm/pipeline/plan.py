@@ -98,7 +98,7 @@ def schedule_args(cfg: PipelineConfig, total: int) -> list[str]:
 
 def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path | None) -> list[str]:
     t = cfg.train
-    total = cfg.stages * t.stage_iters
+    total = t.stage_ends(cfg.stages)[-1]
     args = [
         *_megatron_model_args(cfg),
         "--micro-batch-size", str(t.micro_batch_size),
@@ -112,7 +112,7 @@ def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path |
         "--eval-interval", str(t.eval_interval), "--eval-iters", str(t.eval_iters),
         "--log-interval", str(t.log_interval),
         "--exit-signal-handler",
-        "--gm-stage", str(stage), "--gm-stage-iters", str(t.stage_iters),
+        "--gm-stage", str(stage), "--gm-stage-iters", t.stage_iters_flag(cfg.stages),
     ]  # fmt: skip
     if selection is not None:
         args += ["--gm-selection", str(selection)]
@@ -212,7 +212,7 @@ def ckpt_env(cfg: PipelineConfig, stage: int, ckpt: Path, init: Path | None) -> 
     return {
         "GM_CKPT_DIR": str(ckpt),
         "GM_INIT_CKPT": str(init) if init else "",
-        "GM_EXPECT_ITER": str((stage + 1) * cfg.train.stage_iters),
+        "GM_EXPECT_ITER": str(cfg.train.stage_ends(cfg.stages)[stage]),
     }
 
 
