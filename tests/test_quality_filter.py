@@ -112,7 +112,9 @@ def test_deterministic_and_rerun_is_a_noop(pool, filtered, capsys):
     assert main(args(root, "qf")) == 0
     assert "already finished" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in filtered.iterdir()} == before
+    (root / ".qf3.tmp99999").mkdir()  # as a killed run leaves it
     assert main(args(root, "qf3", seed=7)) == 0  # another seed: other negatives, other scores
+    assert not list(root.glob(".qf3.tmp*"))
     assert read_scores(filtered)[1].tobytes() != read_scores(root / "qf3")[1].tobytes()
 
 

@@ -31,9 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="scores folder to write (must not exist, or be finished)")
     helps = {"seed": "negatives, held-out split and fastText seed", "holdout": "share held out for metrics"}
     helps["bucket"] = "hashed word n-gram rows (model size: bucket x dim x 4 bytes)"
+    helps["negatives_per_positive"] = "pool documents drawn as negatives per positive (capped at the pool)"
     for f in dataclasses.fields(FilterConfig)[5:]:  # the hyper-parameters, with FilterConfig's defaults
         p.add_argument(
-            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=helps.get(f.name)
+            f"--{f.name.replace('_', '-')}",
+            type=type(f.default),
+            default=f.default,
+            help=f"{helps.get(f.name, 'fastText ' + f.name)} (default {f.default})",
         )
     return p
 

@@ -235,8 +235,9 @@ def run_filter(cfg: FilterConfig) -> dict | None:
     lap("read")
     LOG.info("%d negatives decoded; training on %d examples, %d held out", num_neg, len(fit), n_hold)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp*"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     work = out.parent / f".{out.name}.tmp{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
         model = train([f"{POS if truth[i] else NEG} {texts[i]}" for i in fit], cfg, work)
@@ -253,7 +254,7 @@ def run_filter(cfg: FilterConfig) -> dict | None:
         s = np.empty(n, dtype=np.float64)
         for i in range(n):
             s[i] = -logit(pool.text(i))
-            if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
+            if (i + 1) * 10 // n > i * 10 // n:  # every tenth of the pool
                 LOG.info("scored %d/%d documents (%.1f s)", i + 1, n, time.perf_counter() - t0)
         lap("score")
         final = work / "out"
