@@ -91,7 +91,7 @@ def test_hook_logs_and_matches_evaluate(tmp_path):
     save_pack(pack, {"ref": (*ref_w, "windows"), "lam": (*prompts_from_jsonl(str(lam), _tokenize, SEQ), "prompts"),
                      "pool": (*pool_w, "windows")}, {})  # fmt: skip
 
-    with_hook = _pretrain(tmp_path, tmp_path / "ck", "--gm-eval-pack", str(pack), "--gm-eval-interval", "2")
+    with_hook = _pretrain(tmp_path, tmp_path / "ck", "--gm-eval-pack", str(pack), "--gm-eval-points", "3")
     plain = _pretrain(tmp_path, tmp_path / "ck_plain")
     assert _lm_losses(with_hook.stdout) == _lm_losses(plain.stdout) and len(_lm_losses(plain.stdout)) == 6
     rows = read_log(tmp_path / "ck" / "gm_eval.jsonl")

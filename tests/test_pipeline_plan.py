@@ -350,14 +350,14 @@ def test_wsd_schedule_and_eval_pack_flags(tmp_path):
         "train.lr_decay_style=WSD",
         "train.wsd_cooldown=0.25",
         "train.eval_pack=/p.npz",
-        "train.eval_pack_interval=2",
+        "train.eval_pack_points=2",
     ):
         cfg.override(s)
     cfg.validate(need_data=False)
     args = by_name(build_plan(cfg, tmp_path))["stage1.pretrain"].args
     assert _arg(args, "--lr-decay-style") == "WSD" and _arg(args, "--lr-decay-iters") == "16"
     assert _arg(args, "--lr-wsd-decay-iters") == "4" and _arg(args, "--lr-wsd-decay-style") == "linear"
-    assert _arg(args, "--gm-eval-pack") == "/p.npz" and _arg(args, "--gm-eval-interval") == "2"
+    assert _arg(args, "--gm-eval-pack") == "/p.npz" and _arg(args, "--gm-eval-points") == "2"
     cfg.override("train.lr_decay_style=linear")
     with pytest.raises(GMError, match="lr_decay_style must be cosine or WSD"):
         cfg.validate(need_data=False)

@@ -1,9 +1,9 @@
 """In-training evaluation: score the sets of an eval pack (``megatron_gm/evalpack.py``) every N iterations.
 
-    pretrain_gpt_gm.py ... --gm-eval-pack pack.npz --gm-eval-interval 20 [--gm-eval-log FILE]
+    pretrain_gpt_gm.py ... --gm-eval-pack pack.npz [--gm-eval-points 20 | --gm-eval-interval 50] [--gm-eval-log F]
 
-At every iteration that is a multiple of ``--gm-eval-interval`` counted from the stage's first iteration,
-and at the stage's last iteration, rank 0 of each model replica's first TP rank scores every set with the
+Every ``--gm-eval-interval`` iterations counted from the stage's first iteration (default: the stage's
+length / ``--gm-eval-points``, so every 5% of the stage), and at the stage's last iteration, rank 0 of each model replica's first TP rank scores every set with the
 model being trained (eval mode, no gradients; no random draws, so the training trajectory and its resume
 are unchanged) and appends one JSON line to the log (default ``{save}/gm_eval.jsonl``):
 ``{"iteration", "stage", "consumed_tokens", "sets": {name: {"loss", "tokens", ...}}}``. A run resumed after a
@@ -35,7 +35,13 @@ def add_eval_flags(group) -> None:
         type=int,
         default=0,
         help="Iterations between in-training evaluations, counted from the stage start "
-        "(the stage's last iteration is always evaluated).",
+        "(the stage's last iteration is always evaluated); 0: see --gm-eval-points.",
+    )
+    group.add_argument(
+        "--gm-eval-points",
+        type=int,
+        default=20,
+        help="With --gm-eval-interval 0: evaluate this many evenly spaced times per stage (every 5%%).",
     )
     group.add_argument("--gm-eval-log", type=str, default=None, metavar="FILE",
                        help="JSON-lines log of the in-training evaluations (default: {save}/gm_eval.jsonl).")  # fmt: skip
@@ -44,13 +50,13 @@ def add_eval_flags(group) -> None:
 def validate(args) -> None:
     pack = getattr(args, "gm_eval_pack", None)
     if not pack:
-        if getattr(args, "gm_eval_interval", 0):
-            raise GMError("--gm-eval-interval needs --gm-eval-pack")
+        if getattr(args, "gm_eval_interval", 0) or getattr(args, "gm_eval_log", None):
+            raise GMError("--gm-eval-interval/--gm-eval-log need --gm-eval-pack")
         return
     if not os.path.isfile(pack):
         raise GMError(f"--gm-eval-pack {pack}: file not found; build it with megatron_gm.evalpack.save_pack")
-    if args.gm_eval_interval < 1:
-        raise GMError(f"--gm-eval-interval {args.gm_eval_interval}: must be >= 1 with --gm-eval-pack")
+    if args.gm_eval_interval < 0 or args.gm_eval_points < 1:
+        raise GMError("--gm-eval-interval must be >= 0 and --gm-eval-points >= 1")
     if args.tensor_model_parallel_size > 1 or args.pipeline_model_parallel_size > 1:
         raise GMError("--gm-eval-pack evaluates the whole model in one process: use TP = PP = 1")
     if not (args.gm_eval_log or args.save):
@@ -60,7 +66,8 @@ def validate(args) -> None:
 def _due(args, iteration: int) -> bool:
     start = getattr(args, "gm_stage_start_iter", 0) or 0
     end = getattr(args, "gm_stage_end_iter", None) or args.train_iters
-    return iteration > start and ((iteration - start) % args.gm_eval_interval == 0 or iteration == end)
+    every = args.gm_eval_interval or max(1, -(-(end - start) // args.gm_eval_points))
+    return iteration > start and ((iteration - start) % every == 0 or iteration == end)
 
 
 def _load(args):

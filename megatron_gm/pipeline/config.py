@@ -66,9 +66,10 @@ class TrainConfig:
     # stage-0 checkpoint serves runs of any length (token budgets) with a complete schedule each.
     lr_decay_style: str = "cosine"
     wsd_cooldown: float = 0.2
-    # in-training evaluation (--gm-eval-pack): an eval pack scored every ``eval_pack_interval`` iterations
+    # in-training evaluation (--gm-eval-pack): an eval pack scored at ``eval_pack_points`` evenly spaced
+    # iterations of every stage (and at its end)
     eval_pack: str = ""
-    eval_pack_interval: int = 0
+    eval_pack_points: int = 20
     extra_args: list[str] = dataclasses.field(default_factory=list)
 
     def stage_ends(self, stages: int) -> list[int]:
@@ -207,8 +208,8 @@ class PipelineConfig:
             raise GMError(f"train.lr_decay_style must be cosine or WSD, got {t.lr_decay_style!r}")
         if not 0 < t.wsd_cooldown <= 1:
             raise GMError(f"train.wsd_cooldown must be in (0, 1], got {t.wsd_cooldown}")
-        if t.eval_pack and t.eval_pack_interval < 1:
-            raise GMError("train.eval_pack needs train.eval_pack_interval >= 1")
+        if t.eval_pack_points < 1:
+            raise GMError(f"train.eval_pack_points must be >= 1, got {t.eval_pack_points}")
         if self.influence.mode not in ("fast", "full"):
             raise GMError(f"influence.mode must be fast or full, got {self.influence.mode!r}")
         return self

@@ -117,7 +117,7 @@ def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path |
     if selection is not None:
         args += ["--gm-selection", str(selection)]
     if t.eval_pack:
-        args += ["--gm-eval-pack", t.eval_pack, "--gm-eval-interval", str(t.eval_pack_interval)]
+        args += ["--gm-eval-pack", t.eval_pack, "--gm-eval-points", str(t.eval_pack_points)]
     return args + list(t.extra_args)
 
 
