@@ -379,6 +379,10 @@ def test_first_stage_of_its_own_length(tmp_path):
         (5, 13),
         (13, 21),
     ]
+    cfg.stages = 2  # one boundary: "5," (a bare "5" would mean stages of 5 iterations each)
+    args = by_name(build_plan(cfg, tmp_path))["stage1.pretrain"].args
+    assert _arg(args, "--gm-stage-iters") == "5," and _arg(args, "--train-iters") == "13"
+    assert (stage_plan(1, "5,", 13).start, stage_plan(1, "5,", 13).end) == (5, 13)
     cfg.override("train.first_stage_iters=-1")
     with pytest.raises(GMError, match="first_stage_iters must be >= 0"):
         cfg.validate(need_data=False)

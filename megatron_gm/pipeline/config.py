@@ -79,9 +79,10 @@ class TrainConfig:
 
     def stage_iters_flag(self, stages: int) -> str:
         """``--gm-stage-iters``: the uniform length, or the stage boundaries when stage 0 differs."""
-        if not self.first_stage_iters or stages == 1:
-            return str(self.stage_iters if not self.first_stage_iters else self.first_stage_iters)
-        return ",".join(str(e) for e in self.stage_ends(stages)[:-1])
+        if not self.first_stage_iters:
+            return str(self.stage_iters)
+        # the list form ("F," for two stages): the stage after the last boundary runs to --train-iters
+        return ",".join(str(e) for e in self.stage_ends(stages)[:-1]) + ("," if stages <= 2 else "")
 
 
 @dataclasses.dataclass
