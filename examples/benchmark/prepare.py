@@ -50,7 +50,9 @@ def split_reference(src: Path, oracle_out: Path, eval_out: Path) -> dict:
             idx = articles.setdefault(key, len(articles))
             rows["oracle" if idx % 2 == 0 else "eval"].append(json.dumps({"text": rec["text"]}) + "\n")
     if not rows["oracle"] or not rows["eval"]:
-        raise GMError(f"{src}: needs at least two articles ('article' field) to split into oracle/eval halves")
+        raise GMError(
+            f"{src}: needs at least two articles ('article' field) to split into oracle/eval halves"
+        )
     oracle_out.write_text("".join(rows["oracle"]))
     eval_out.write_text("".join(rows["eval"]))
     return {"articles": len(articles), "oracle_chunks": len(rows["oracle"]), "eval_chunks": len(rows["eval"])}
@@ -70,7 +72,13 @@ def valid_documents(num_docs: int, split: str) -> tuple[int, int]:
 def build_pack(d: Data, out: Path, seq_length: int, sizes: dict[str, int], split: str) -> dict:
     """The three development sets, each a fixed seeded subset (the same for every seed and method)."""
     from megatron_gm.data.tokenizer import build_tokenizer
-    from megatron_gm.evalpack import prompts_from_jsonl, save_pack, subset, windows_from_dataset, windows_from_jsonl
+    from megatron_gm.evalpack import (
+        prompts_from_jsonl,
+        save_pack,
+        subset,
+        windows_from_dataset,
+        windows_from_jsonl,
+    )
 
     tok = build_tokenizer("GPTSentencePieceTokenizer", d.tokenizer)
     lo, hi = valid_documents(d.pool_docs, split)
