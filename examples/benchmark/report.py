@@ -101,11 +101,16 @@ def efficiency_tables(col: dict, a, sets: tuple[str, ...]) -> tuple[dict, dict]:
                 xs = [t for t, _ in per[m]["curve"]]
                 ys = [v[s] for _, v in per[m]["curve"]]
                 c = matched_quality_efficiency(xs, ys, per["random"]["final"][s], per["random"]["tokens"])
-                conv.append(c.value)
+                conv.append(c)
             if effs:
                 paper[s][m] = summarize_efficiency(effs)
-                lo, hi = bootstrap_ci(conv)
-                converse[s][m] = {"per_seed": conv, "mean": float(np.mean(conv)), "ci95": [lo, hi]}
+                vals = [c.value for c in conv]
+                lo, hi = bootstrap_ci(vals)
+                never = sum(c.upper_bound for c in conv)  # the method never reached random's final loss
+                converse[s][m] = {
+                    "per_seed": [f"< {c.value:.2f}" if c.upper_bound else c.value for c in conv],
+                    "mean": float(np.mean(vals)), "ci95": [lo, hi], "never_reached": never,
+                }  # fmt: skip
     return paper, converse
 
 
@@ -131,9 +136,14 @@ def final_table(col: dict, sets: tuple[str, ...]) -> tuple[dict, dict]:
     return finals, diffs
 
 
-def diagnostics(out: Path, a) -> dict:
+def diagnostics(out: Path, a, prefix: str) -> dict:
     """Why the numbers are what they are: model Spearman (with/without relation), labels, clusters, overlap."""
-    diag: dict = {"seeds": []}
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(prefix)  # keep it open while its memory-mapped lengths are copied
+    lengths = np.array(ds.sequence_lengths, dtype=np.int64)
+    del ds
+    diag: dict = {"seeds": [], "pool_mean_doc_tokens": float(lengths.mean())}
     for k in range(a.seeds):
         sd = out / f"seed{k}"
         d: dict = {}
@@ -160,8 +170,11 @@ def diagnostics(out: Path, a) -> dict:
             if (sel / "documents.npy").is_file():
                 sels[m] = np.load(sel / "documents.npy")
                 man = _json(sel / "manifest.json") or {}
-                d.setdefault("selections", {})[m] = {"documents": int(sels[m].size),
-                                                     "clusters": man.get("config", {}).get("num_clusters")}  # fmt: skip
+                d.setdefault("selections", {})[m] = {
+                    "documents": int(sels[m].size), "tokens": int(lengths[sels[m]].sum()),
+                    "mean_doc_tokens": float(lengths[sels[m]].mean()),
+                    "clusters": man.get("config", {}).get("num_clusters"),
+                }  # fmt: skip
         if "group" in sels:
             d["overlap_with_group"] = {
                 m: float(np.intersect1d(sels[m], sels["group"]).size / max(1, sels["group"].size))
@@ -252,15 +265,17 @@ def plots(folder: Path, col: dict, a) -> list[str]:
                 ys = [v[s] for t, v in per[m]["curve"] if s in v]
                 if xs:
                     ax.plot(xs, ys, color=colors[m], alpha=0.8, lw=1, label=m if k == 0 else None)
-        for r in [f"random_x{b:g}" for b in a.budget_list[1:]]:
-            pts = [(per[r]["tokens"] / 1e6, per[r]["final"][s]) for per in col["seeds"] if per[r]["final"]]
-            if pts:
-                ax.scatter(*zip(*pts), color="black", marker="x", s=30, label=f"{r} (final)")
+        for j, r in enumerate(f"random_x{b:g}" for b in a.budget_list[1:]):
+            for k, per in enumerate(col["seeds"]):
+                xs = [t / 1e6 for t, v in per[r]["curve"] if s in v and t > per["random"]["curve"][0][0]]
+                ys = [v[s] for t, v in per[r]["curve"] if s in v and t > per["random"]["curve"][0][0]]
+                if xs:
+                    ax.plot(xs, ys, color="black", ls=("--", ":")[j % 2], lw=0.8, label=r if k == 0 else None)
         ax.set_title(f"{s} loss")
         ax.set_xlabel("training tokens (M)")
-        lo = [per["random"]["final"][s] for per in col["seeds"] if per["random"]["final"]]
+        lo = [per[r]["final"][s] for per in col["seeds"] for r in col["runs"] if per[r]["final"]]
         if lo:
-            ax.set_ylim(min(lo) - 0.4, min(lo) + 0.8)
+            ax.set_ylim(min(lo) - 0.1, max(lo) + 0.6)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "loss_curves.png", dpi=110)
@@ -302,7 +317,7 @@ def markdown(res: dict) -> str:
         "",
         "## What this measures",
         "",
-        f"- GPT with {c['params']:,} parameters (2 layers, hidden {c['model']['hidden_size']}, sequence "
+        f"- GPT with {c['params']:,} parameters ({c['model']['num_layers']} layers, hidden {c['model']['hidden_size']}, sequence "
         f"{c['model']['seq_length']}, vocabulary {c['vocab_size']}), trained on {c['tokens']:,} tokens = "
         f"**{res['tokens_per_param']:.1f} tokens a parameter** (the paper's 1B-1x ratio is 20), WSD schedule "
         f"(cooldown over the last 20%), {c['stage_iters'][0]} + {c['stage_iters'][1]} iterations of "
@@ -340,8 +355,10 @@ def markdown(res: dict) -> str:
               "Tokens random used ÷ tokens the method needed to reach random's final loss (on the method's "
               "evaluation curve, an annealing run: indicative only).", ""]  # fmt: skip
     for s, table in res["efficiency_matched_quality"].items():
-        lines.append(f"- {s}: " + "; ".join(f"{m} {e['mean']:.2f} [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]"
-                                           for m, e in table.items()))  # fmt: skip
+        lines.append(f"- {s}: " + "; ".join(
+            f"{m} {'<= ' if e['never_reached'] else ''}{e['mean']:.2f} [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]"
+            + (f" ({e['never_reached']} seed(s) never reached it)" if e["never_reached"] else "")
+            for m, e in table.items()))  # fmt: skip
     lines += ["", "## Final losses", ""]
     for s, table in res["final_loss"].items():
         lines += [f"**{s}**", "", "| run | per seed | mean | 95% CI |", "|---|---|---|---|"]
@@ -365,6 +382,14 @@ def markdown(res: dict) -> str:
                 ci = m.get("ci95") or [float("nan")] * 2
                 parts.append(f"{name} Spearman {m['spearman']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
                              + (f", without relation {m['no_relation_spearman']:.3f}" if "no_relation_spearman" in m else ""))  # fmt: skip
+        if "selections" in d:
+            parts.append("mean tokens a selected document: " + ", ".join(
+                f"{m} {v['mean_doc_tokens']:.0f}" for m, v in d["selections"].items()))  # fmt: skip
+        if "oracle" in d and "labels" in d["oracle"]:
+            lab = d["oracle"]["labels"]
+            parts.append(
+                f"oracle labels mean {lab['mean']:+.2e}, std {lab['std']:.2e}, helpful share {lab['negative_share']:.2f}"
+            )
         if "overlap_with_group" in d:
             parts.append(
                 "overlap with group's selection: "
@@ -430,7 +455,7 @@ def write_report(out: Path, a, data, heldout: bool = False, results_dir: str = "
         "final_loss": finals,
         "paired": diffs,
         "complete_seeds": sum(all(per[r]["final"] for r in col["runs"]) for per in col["seeds"]),
-        "diagnostics": diagnostics(out, a),
+        "diagnostics": diagnostics(out, a, data.prefix),
         "heldout": bool(heldout),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -268,14 +268,15 @@ def main(argv: list[str] | None = None) -> int:
 
     data = prepare(run, a, out)
     params, first, second = iterations(a, data)
-    selected_tokens = second * a.gbs * a.seq_length * a.budget_list[-1]
+    tpi = a.gbs * a.seq_length
+    largest = (round(a.budget_list[-1] * (first + second)) - first) * tpi  # random's longest stage 1
     bench = {"argv": sys.argv[1:], "quick": a.quick, "seeds": a.seeds, "params": params, "stage_iters": [first, second],
-             "tokens_per_iteration": a.gbs * a.seq_length, "pool_tokens": data.pool_tokens, "pool_docs": data.pool_docs,
+             "tokens_per_iteration": tpi, "pool_tokens": data.pool_tokens, "pool_docs": data.pool_docs,
              "budgets": a.budget_list, "data": vars(data)}  # fmt: skip
     (out / "benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
-    print(f"[bench] GPT {params:,} parameters, {(first + second) * a.gbs * a.seq_length / params:.1f} tokens a "
-          f"parameter ({first}+{second} iterations of {a.gbs * a.seq_length} tokens); pool {data.pool_tokens:,} "
-          f"tokens, {data.pool_tokens / selected_tokens:.1f}x random's largest selected-stage budget", flush=True)  # fmt: skip
+    print(f"[bench] GPT {params:,} parameters, {(first + second) * tpi / params:.1f} tokens a parameter ({first}+"
+          f"{second} iterations of {tpi} tokens); pool {data.pool_tokens:,} tokens: {data.pool_tokens / (second * tpi):.1f}x "
+          f"a method's selected stage, {data.pool_tokens / largest:.1f}x random's longest", flush=True)  # fmt: skip
     if not a.report_only:
         for k in range(a.seeds):
             run_seed(a, out, k, data)
