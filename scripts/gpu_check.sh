@@ -8,6 +8,9 @@
 #   4. iteration time, oracle seconds per trajectory, label mean/std, the GPU's name
 #
 #   bash scripts/gpu_check.sh          # needs CUDA; fails if torch sees no GPU
+#   bash scripts/gpu_check.sh --cost   # the same steps at a 300M-parameter GPT (sequence 2048): measured
+#                                      # utilisation of a pretraining step, a probe step and the reference
+#                                      # pass, against the cost model's assumptions (pipeline/estimate.py)
 #   bash scripts/gpu_check.sh --cpu    # the same steps, smaller, on the CPU shim (gloo): debug it anywhere
 #
 # Logs and summary.json go to ${OUT:-/tmp/gpu_check} (at most 8 files); data and checkpoints to
@@ -21,10 +24,12 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mode=gpu
+scale=check
 for a in "$@"; do
     case "$a" in
         --cpu) mode=cpu ;;
-        -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --cost) scale=cost ;;
+        -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "error: unknown argument $a (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -96,9 +101,16 @@ EOF
 } 2>&1 | tee "$out/env.log"
 
 # -- sizes --------------------------------------------------------------------------------------------
-if [[ "$mode" == gpu ]]; then
+if [[ "$mode" == gpu && "$scale" == cost ]]; then
+    # 24 x 1024 (about 300M parameters), sequence 2048: big enough that a step is not all launch overhead
+    docs=6000 vocab=4096 layers=24 hidden=1024 heads=16 seq=2048 mbs=4 gbs=32 s0=12 s1=12
+    traj=6 T=5 ref_samples=32 ref_mbs=8 workers=8 log_int=1 eval_iters=1
+fi
+if [[ "$mode" == gpu && "$scale" == check ]]; then
     docs=6000 vocab=4096 layers=4 hidden=512 heads=8 seq=512 mbs=8 gbs=32 s0=20 s1=20
     traj=8 T=5 ref_samples=32 ref_mbs=16 workers=4 log_int=2 eval_iters=2
+fi
+if [[ "$mode" == gpu ]]; then
     # megatron-core from pip: no Transformer Engine, no Apex, so Megatron's local layers and torch
     # kernels; NCCL named explicitly (it is Megatron's default)
     backend=(--distributed-backend nccl --transformer-impl local --no-persist-layer-norm
@@ -190,7 +202,7 @@ step oracle oracle "${torchrun[@]}" "$root/tools/collect_oracle.py" "${model[@]}
     --gm-oracle-time-train-steps 3 --no-gm-oracle-progress
 
 # -- 4. numbers and checks ---------------------------------------------------------------------------
-"$py" - "$out" "$mode" "$s0" "$total" "$((traj * T))" "$((SECONDS - t_all))" <<'EOF'
+"$py" - "$out" "$mode" "$s0" "$total" "$((traj * T))" "$((SECONDS - t_all))" "$layers" "$hidden" "$seq" "$gbs" "$ref_samples" <<'EOF'
 import json
 import math
 import re
@@ -198,8 +210,11 @@ import statistics
 import sys
 from pathlib import Path
 
-out, mode, s0, total, n_labels, wall = Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:])
+out, mode, s0, total, n_labels, wall, layers, hidden, seq, gbs, ref_samples = (
+    Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:])
+)
 problems = []
+PEAK = 989e12  # H100/H200 SXM dense bf16 FLOP/s: the cost model's unit (pipeline/estimate.py)
 
 
 def iterations(name):
@@ -256,6 +271,23 @@ else:
         problems.append(f"oracle: labels not finite or constant: {lab}")
     if mode == "gpu" and "CPU shim on" in text:
         problems.append("oracle: the CPU shim was on")
+# utilisation: FLOPs per token 6N + 12 L h s (training; forward only: a third), N from Megatron's own count
+m = re.search(r"number of parameters on \(tensor, [^)]*\) model parallel rank \([^)]*\): (\d+)",
+              (out / "pretrain_stage0.log").read_text(errors="replace"))  # fmt: skip
+if m and mode == "gpu":
+    n = int(m.group(1))
+    per_token = 6 * n + 12 * layers * hidden * seq
+    util = {"parameters": n, "peak_flops": PEAK}
+    it_ms = summary["pretrain_stage1"]["iteration_ms_median"]
+    if it_ms:
+        util["pretrain_step"] = per_token * gbs * seq / (it_ms / 1e3) / PEAK
+    o = summary.get("oracle", {})
+    if o.get("probe_train_step_s"):  # one sample of seq tokens, padded: the whole sequence is computed
+        util["probe_step"] = per_token * seq / o["probe_train_step_s"] / PEAK
+    if o.get("reference_loss_s"):
+        util["reference_pass"] = per_token / 3 * ref_samples * seq / o["reference_loss_s"] / PEAK
+    util["assumed_by_cost_model"] = {"pretrain_step": 0.35, "probe_step": 0.30, "reference_pass": 0.40}
+    summary["utilisation"] = util
 env = (out / "env.log").read_text(errors="replace").splitlines()
 summary["env"] = env
 summary["wall_s"] = wall
