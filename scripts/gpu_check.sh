@@ -261,6 +261,7 @@ else:
         "seconds_per_trajectory": o["seconds"] / max(o["trajectories"], 1),
         "probe_train_step_s": o.get("probe_train_step_s"), "reference_loss_s": o.get("reference_loss_s"),
         "pretrain_step_s": o.get("pretrain_step_s"), "base_ref_loss": o.get("base_ref_loss"),
+        "reference_samples": o.get("reference_samples"), "reference_tokens": o.get("reference_tokens"),
         "labels": lab,
     }  # fmt: skip
     if not o.get("complete"):
@@ -284,8 +285,8 @@ if m and mode == "gpu":
     o = summary.get("oracle", {})
     if o.get("probe_train_step_s"):  # one sample of seq tokens, padded: the whole sequence is computed
         util["probe_step"] = per_token * seq / o["probe_train_step_s"] / PEAK
-    if o.get("reference_loss_s"):
-        util["reference_pass"] = per_token / 3 * ref_samples * seq / o["reference_loss_s"] / PEAK
+    if o.get("reference_loss_s") and o.get("reference_samples"):  # the samples it really built (<= asked)
+        util["reference_pass"] = per_token / 3 * o["reference_samples"] * seq / o["reference_loss_s"] / PEAK
     util["assumed_by_cost_model"] = {"pretrain_step": 0.35, "probe_step": 0.30, "reference_pass": 0.40}
     summary["utilisation"] = util
 env = (out / "env.log").read_text(errors="replace").splitlines()
