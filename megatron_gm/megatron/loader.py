@@ -28,6 +28,7 @@ import numpy as np
 
 from megatron_gm.errors import GMError
 from megatron_gm.megatron.args import add_gm_args, load_stage_selection, validate_gm_args
+from megatron_gm.megatron.signals import chain_worker_init
 
 _installed: dict = {}
 _mode = {"for_training": True}  # runtime.py sets False: loading a stage in-process needs no --save
@@ -128,6 +129,13 @@ def build_pretraining_data_loader(dataset, consumed_samples):
     from megatron.training import get_args
 
     args = get_args()
+    loader = _build_loader(dataset, consumed_samples, args)
+    if loader is not None:  # workers must die when this process ends them (megatron/signals.py)
+        chain_worker_init(getattr(loader, "loader", loader), getattr(args, "exit_signal", None))
+    return loader
+
+
+def _build_loader(dataset, consumed_samples, args):
     original = _installed["loader"]
     if dataset is None or not _is_train_split(dataset):
         return original(dataset, consumed_samples)
