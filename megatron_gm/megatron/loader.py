@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from megatron_gm.errors import GMError
-from megatron_gm.megatron.args import add_gm_args, load_stage_selection, validate_gm_args
+from megatron_gm.megatron.args import add_gm_args, check_data_inputs, load_stage_selection, validate_gm_args
 from megatron_gm.megatron.signals import chain_worker_init
 
 _installed: dict = {}
@@ -58,6 +58,7 @@ def install(cpu_shim: bool | None = None) -> None:
 
     @functools.wraps(arguments.validate_args)
     def validate_args(args, defaults={}):  # noqa: B006 - Megatron's signature
+        run_gm_validation(args, check_data_inputs)  # before Megatron's checks and its argument dump
         out = _installed["validate_args"](args, defaults)
         run_gm_validation(args)
         return out
@@ -85,13 +86,25 @@ def compile_dependencies() -> None:
     torch.distributed.barrier()
 
 
-def run_gm_validation(args) -> None:
-    """validate_gm_args with a one-line error and exit code 2 instead of a traceback."""
+def run_gm_validation(args, check=None) -> None:
+    """``check(args)`` (default validate_gm_args) with a one-line error and exit code 2, no traceback.
+
+    Every rank checks (the checks only read files); only rank 0 prints, so the line appears once.
+    """
     try:
-        validate_gm_args(args, for_training=_mode["for_training"])
+        if check is None:
+            validate_gm_args(args, for_training=_mode["for_training"])
+        else:
+            check(args)
     except GMError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        fail(e)
+
+
+def fail(error: GMError) -> None:
+    """Print ``error: ...`` once (rank 0, or every rank when ranks are unknown) and exit 2."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 # -- stage boundary ---------------------------------------------------------------------------
