@@ -351,8 +351,8 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     budget = int(quotas.sum())
     if budget == 0:
         raise GMError(
-            f"--gm-select-ratio {cfg.ratio} selects nothing: floor(ratio * cluster size) is 0 in every one of "
-            f"the {plan.num_clusters} clusters; raise the ratio or use fewer clusters"
+            f"--gm-select-ratio {cfg.ratio} selects nothing: round(ratio * {plan.num_docs} documents) is 0; "
+            "raise the ratio"
         )
     if cfg.method in PER_CLUSTER:
         chosen = comm.agree(lambda: select_my_clusters(cfg, comm, plan, shards, labels, sizes, quotas))
