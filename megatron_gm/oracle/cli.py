@@ -287,16 +287,11 @@ def _is_number(s: str) -> bool:
 
 
 def check_tokenizer(args, info) -> None:
-    """The reference set is tokenized with the run's tokenizer: it must be the pool's."""
-    from megatron_gm.manifest import sha256_file
+    """The reference set is tokenized with the run's tokenizer: it must be the pool's (and cover its ids)."""
+    from megatron_gm.data.indexed import check_tokenizer as check
 
-    want = (info.tokenizer or {}).get("model_sha256")
-    model = getattr(args, "tokenizer_model", None)
-    if want and model and os.path.isfile(model) and sha256_file(model)[:16] != want:
-        raise GMError(
-            f"--tokenizer-model {model}: not the tokenizer {info.prefix} was made with "
-            f"({info.tokenizer.get('model')}); pass that one"
-        )
+    null = getattr(args, "tokenizer_type", None) == "NullTokenizer"
+    check(info, getattr(args, "tokenizer_model", None), getattr(args, "vocab_size", None) if null else None)
 
 
 def prepare(argv: list[str]):
