@@ -24,6 +24,7 @@ from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REF = ROOT.parent / "shared" / "data" / "ref_wikitext103_valid.jsonl.gz"
+MIN_REFERENCE_TOKENS = 32  # below this the reference loss is too noisy to label anything
 SUMMARY = "summary.json"  # written last, once every shard is done: the store's completion marker
 
 # Training settings the probe step uses, copied from the checkpoint's saved args when the command line
@@ -330,6 +331,12 @@ def prepare(argv: list[str]):
     reference = build_reference(
         cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.ref_seed
     )
+    if reference.num_tokens < MIN_REFERENCE_TOKENS:
+        raise GMError(
+            f"{cfg.ref_data}: the reference set holds {reference.num_tokens} loss tokens, fewer than "
+            f"{MIN_REFERENCE_TOKENS}: its loss is noise, not a label; pass a larger --gm-oracle-ref-data "
+            "or more --gm-oracle-ref-samples"
+        )
     return args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer
 
 
