@@ -36,6 +36,9 @@ _mode = {"for_training": True}  # runtime.py sets False: loading a stage in-proc
 
 def install(cpu_shim: bool | None = None) -> None:
     """Patch Megatron (idempotent). ``cpu_shim``: None = activate it when CUDA is unavailable."""
+    from megatron_gm.procs import die_with_launcher
+
+    die_with_launcher()  # no worker outlives a killed torchrun
     if cpu_shim is None or cpu_shim:
         from megatron_gm.megatron import cpu_shim as shim
 
@@ -58,7 +61,7 @@ def install(cpu_shim: bool | None = None) -> None:
 
     @functools.wraps(arguments.validate_args)
     def validate_args(args, defaults={}):  # noqa: B006 - Megatron's signature
-        run_gm_validation(args, check_data_inputs)  # before Megatron's checks and its argument dump
+        run_gm_validation(args, check_inputs)  # before Megatron's checks and its argument dump
         out = _installed["validate_args"](args, defaults)
         run_gm_validation(args)
         return out
@@ -84,6 +87,15 @@ def compile_dependencies() -> None:
     import torch
 
     torch.distributed.barrier()
+
+
+def check_inputs(args) -> None:
+    """Before Megatron starts: the data files, and (training) the lock of the --save folder."""
+    from megatron_gm.procs import lock_output
+
+    check_data_inputs(args)
+    if _mode["for_training"] and getattr(args, "save", None):
+        lock_output(args.save, "checkpoints (--save)")
 
 
 def run_gm_validation(args, check=None) -> None:

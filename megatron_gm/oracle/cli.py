@@ -305,6 +305,7 @@ def prepare(argv: list[str]):
     from megatron_gm.oracle.checkpoint import inspect_checkpoint, require_optimizer_state
     from megatron_gm.oracle.reference import build_reference
     from megatron_gm.oracle.trajectories import build_source
+    from megatron_gm.procs import lock_output
 
     pre = _pre_parse(argv)
     ckpt = inspect_checkpoint(pre.load, pre.ckpt_step)
@@ -313,6 +314,7 @@ def prepare(argv: list[str]):
     args = runtime.parse_args([*argv, *inherited], extra_args_provider=add_oracle_args)
     cfg = OracleConfig.from_args(args).validate()
     check_args(args)
+    lock_output(cfg.output, "--gm-oracle-output")  # rank 0, before Megatron starts
     prefix = pool_prefix(args)
     info = load_dataset_info(prefix)
     check_tokenizer(args, info)

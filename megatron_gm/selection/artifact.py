@@ -65,12 +65,12 @@ def load_selection(
         raise GMError(f"{folder}/documents.npy: unreadable ({e}); regenerate the selection") from e
     if docs.ndim != 1 or docs.dtype != np.int64 or docs.size == 0 or np.any(docs[1:] <= docs[:-1]):
         raise GMError(f"{folder}/documents.npy: not a sorted, non-empty int64 index list; regenerate it")
+    if num_docs is not None and (docs[0] < 0 or docs[-1] >= num_docs):
+        raise GMError(f"{folder}: document index out of range for a dataset of {num_docs} documents")
     want = manifest.config.get(DIGEST)
     if want is not None and documents_digest(docs) != want:
         raise GMError(
             f"{folder}/documents.npy: does not match the {DIGEST} in its manifest (changed or damaged "
             "after writing); regenerate the selection with tools/select_data.py"
         )
-    if num_docs is not None and (docs[0] < 0 or docs[-1] >= num_docs):
-        raise GMError(f"{folder}: document index out of range for a dataset of {num_docs} documents")
     return docs, manifest

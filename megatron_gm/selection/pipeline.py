@@ -169,8 +169,13 @@ def check_output(cfg: SelectConfig) -> None:
 
 
 def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
-    """Rank 0: check every input before any work; open (or create) the scores folder."""
+    """Rank 0: check every input before any work; lock and open (or create) the output folders."""
+    from megatron_gm.procs import lock_output
+
     check_output(cfg)
+    lock_output(cfg.output, "--output")
+    if cfg.scores_from is None:
+        lock_output(cfg.scores_folder, "the scores (--scores-dir)")
     if cfg.scores_from is not None:
         _, sman = open_scores(cfg.scores_from)
         fingerprint = sman.dataset_fingerprint
