@@ -90,7 +90,8 @@ def _release(path: Path) -> None:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all() -> None:
+    """Release every lock this process holds (at exit, or when a tool returns in-process)."""
     for path in list(_held):
         _release(Path(path))
 

@@ -245,6 +245,7 @@ def write_indexed_dataset(
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     prefix = str(prefix)
+    remove_stale_temporaries(prefix)
     tmp = f"{os.path.dirname(prefix) or '.'}/.tmp{os.getpid()}_{os.path.basename(prefix)}"
     builder = IndexedDatasetBuilder(f"{tmp}.bin", dtype=_dtype_for(tokenizer.get("vocab_size")))
     n_docs = n_tok = 0
@@ -255,6 +256,38 @@ def write_indexed_dataset(
         n_tok += len(arr)
     builder.finalize(f"{tmp}.idx")
     return finish_indexed_dataset(tmp, prefix, n_docs, n_tok, tokenizer, source, ids)
+
+
+def remove_stale_temporaries(prefix: str | os.PathLike) -> list[Path]:
+    """Delete ``.tmp<pid>_{name}.bin/.idx`` left beside ``prefix`` by a writer that was killed.
+
+    Only files of processes that no longer exist (or of this one) are removed: a live writer's stay.
+    """
+    import re
+
+    prefix = Path(prefix)
+    pattern = re.compile(rf"\.tmp(\d+)_{re.escape(prefix.name)}\.(bin|idx)")
+    removed = []
+    if not prefix.parent.is_dir():
+        return removed
+    for p in prefix.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def finish_indexed_dataset(tmp, prefix, n_docs, n_tok, tokenizer, source, ids) -> DatasetInfo:
