@@ -94,6 +94,8 @@ def check_inputs(args) -> None:
     from megatron_gm.procs import lock_output
 
     check_data_inputs(args)
+    if getattr(args, "gm_selection", None):
+        load_stage_selection(args)  # whole and made for --data-path (validate_gm_args uses it after)
     if _mode["for_training"] and getattr(args, "save", None):
         lock_output(args.save, "checkpoints (--save)")
 
