@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import Manifest, atomic_write_bytes
+from megatron_gm.manifest import Manifest, atomic_write_bytes, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class ShardSet:
         because every rank writes the same manifest.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder)  # shards and markers a killed writer left half-renamed
         if self.manifest_path.exists():
             old = Manifest.load(self.manifest_path)
             if old.digest() != manifest.digest():

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.manifest import atomic_write_text, pid_alive
+from megatron_gm.manifest import remove_stale_temporaries as remove_stale_atomic
 
 
 def sidecar_path(prefix: str | os.PathLike) -> Path:
@@ -259,7 +260,7 @@ def write_indexed_dataset(
 
 
 def remove_stale_temporaries(prefix: str | os.PathLike) -> list[Path]:
-    """Delete ``.tmp<pid>_{name}.bin/.idx`` left beside ``prefix`` by a writer that was killed.
+    """Delete ``.tmp<pid>_{name}.bin/.idx`` (and sidecar temporaries) a killed writer left beside ``prefix``.
 
     Only files of processes that no longer exist (or of this one) are removed: a live writer's stay.
     """
@@ -272,22 +273,11 @@ def remove_stale_temporaries(prefix: str | os.PathLike) -> list[Path]:
         return removed
     for p in prefix.parent.iterdir():
         m = pattern.fullmatch(p.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
             removed.append(p)
+    removed += remove_stale_atomic(prefix.parent, prefix.name)  # .{name}.gm.json.tmp<pid>
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def finish_indexed_dataset(tmp, prefix, n_docs, n_tok, tokenizer, source, ids) -> DatasetInfo:

@@ -29,7 +29,7 @@ from megatron_gm.influence.model import (
     encoder_hash,
     load_encoder,
 )
-from megatron_gm.manifest import Manifest, atomic_write_text
+from megatron_gm.manifest import Manifest, atomic_write_text, pid_alive
 
 FORMAT_VERSION = 1
 KIND = "influence_model"
@@ -76,23 +76,11 @@ def remove_stale_siblings(folder: Path) -> None:
         return
     for p in folder.parent.iterdir():
         m = pattern.fullmatch(p.name)
-        if m and not _alive(int(m.group(2))):
+        if m and not pid_alive(int(m.group(2))):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # ours, from an earlier save that failed: stale too
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_model(tmp, model, manifest, fine_tuned, label_mean, label_std, metrics) -> None:
