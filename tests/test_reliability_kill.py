@@ -178,8 +178,9 @@ def test_pretraining_torchrun_killed_then_rerun(base, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # torchrun only, as a user's kill -9 of the launcher
     proc.wait()
-    assert tracker.read_text().strip() in ("2", "4", "6"), "the kill should land mid-stage"
     no_orphans_within(str(run))
+    # an orphaned trainer goes on saving checkpoints (to 8 within these seconds): the workers died with it
+    assert tracker.read_text().strip() in ("2", "4", "6"), "training went on after torchrun was killed"
 
     rc, err, _, _ = pretrain(run, flags(run, tmp_path / "pool", *extra), nproc=1)  # stale lock: taken over
     assert rc == 0, err[-3000:]
