@@ -173,6 +173,14 @@ class OracleConfig:
             )
         if self.max_shards is not None and self.max_shards < 1:
             raise GMError(f"--gm-oracle-max-shards {self.max_shards}: must be at least 1")
+        for flag, value in (
+            ("--gm-oracle-seed (or --seed)", self.seed),
+            ("--gm-oracle-ref-seed", self.ref_seed),
+        ):
+            if not 0 <= value < 2**31:
+                raise GMError(f"{flag} {value}: must be in [0, 2**31)")
+        if self.time_train_steps < 0:
+            raise GMError(f"--gm-oracle-time-train-steps {self.time_train_steps}: must be 0 or more")
         if not os.path.isfile(self.ref_data):
             raise GMError(f"{self.ref_data}: reference set not found; pass --gm-oracle-ref-data JSONL")
         return self

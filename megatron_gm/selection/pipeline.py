@@ -86,6 +86,8 @@ class SelectConfig:
             raise GMError(f"--device must be auto or cpu, got {self.device!r}")
         if self.stage < 0:
             raise GMError(f"--gm-stage must be >= 0, got {self.stage}")
+        if not 0 <= self.seed < 2**31:
+            raise GMError(f"--seed must be in [0, 2**31), got {self.seed}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise GMError(f"--gm-select-temperature must be >= 0, got {self.temperature}")
         for name in ("kmeans_iters", "kmeans_points_per_centroid", "shard_size", "batch_size", "threads"):
