@@ -111,6 +111,8 @@ def max_token_id(prefix: str | os.PathLike, layout: IdxLayout | None = None) -> 
     import numpy as np
 
     layout = layout or read_idx_layout(prefix)
+    if layout.bin_bytes == 0:
+        return -1  # an empty dataset (numpy cannot map an empty file)
     data = np.memmap(f"{prefix}.bin", dtype=layout.dtype, mode="r")
     step = 1 << 24
     return max((int(data[i : i + step].max()) for i in range(0, data.size, step)), default=-1)
