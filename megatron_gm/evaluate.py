@@ -134,17 +134,19 @@ def score_samples(
     loss_sum, count = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
     all_correct = np.zeros(n, dtype=bool)
     model.eval()
+    device = next(model.parameters()).device  # the batch goes where the model is (CPU or its GPU)
     with torch.no_grad():
         for i in range(0, n, batch):
             b = to_batch(tokens[i : i + batch], mask[i : i + batch], fmt)
+            b = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
             logits = model(b["tokens"], b["position_ids"], b["attention_mask"]).float()
             logp = torch.log_softmax(logits, dim=-1)
             tok_loss = -logp.gather(-1, b["labels"][..., None])[..., 0].double()
             m = b["loss_mask"].double()
             correct = logits[..., :vocab_size].argmax(-1) == b["labels"]
-            loss_sum[i : i + batch] = (tok_loss * m).sum(1).numpy()
-            count[i : i + batch] = m.sum(1).numpy().astype(np.int64)
-            all_correct[i : i + batch] = (correct | (m == 0)).all(1).numpy()
+            loss_sum[i : i + batch] = (tok_loss * m).sum(1).cpu().numpy()
+            count[i : i + batch] = m.sum(1).cpu().numpy().astype(np.int64)
+            all_correct[i : i + batch] = (correct | (m == 0)).all(1).cpu().numpy()
     return Scores(loss_sum, count, all_correct)
 
 

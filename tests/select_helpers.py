@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from megatron_gm.selection.cluster import assign, kmeans_sample, train_centroids
-from megatron_gm.selection.methods import select_documents
+from megatron_gm.selection.methods import draw_seed, select_documents
 from megatron_gm.selection.scores import write_scores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +54,10 @@ def reference_selection(
     alpha=0.8,
     tau=1.4,
     temperature=1.0,
+    stage=1,
 ):
     """What the tool must select, computed in this process with the same building blocks."""
+    seed = draw_seed(seed, stage)  # the tool draws from (seed, stage)
     sample = kmeans_sample(len(s), k, seed, ppc)
     cents = train_centroids(h[sample], k, seed=seed, niter=niter)
     labels = np.concatenate([assign(h[lo : lo + shard_size], cents) for lo in range(0, len(s), shard_size)])

@@ -84,3 +84,42 @@ def test_matched_quality_efficiency():
     assert e.value == pytest.approx(200 / 150) and not e.upper_bound
     e = matched_quality_efficiency([0, 100, 200], [10.0, 8.0, 7.0], 6.0, 200.0)  # never gets there
     assert e.value == pytest.approx(1.0) and e.upper_bound
+
+
+def test_budget_efficiency_interpolates_in_log_tokens():
+    from metrics import budget_efficiency
+
+    tokens = [100.0, 150.0, 250.0]  # random at 1x, 1.5x and 2.5x of a method that trained 100 tokens
+    losses = [4.0, 3.8, 3.5]
+    e = budget_efficiency(tokens, losses, 3.9, 100.0)  # halfway from 4.0 to 3.8 in log tokens
+    assert e.value == pytest.approx(math.sqrt(100 * 150) / 100) and e.label == "1.22"
+    assert budget_efficiency(tokens, losses, 3.5, 100.0).value == pytest.approx(2.5)
+    assert budget_efficiency(tokens, losses, 4.0, 100.0).value == pytest.approx(1.0)
+    beyond = budget_efficiency(tokens, losses, 3.4, 100.0)
+    assert beyond.value is None and beyond.label == "> 2.5" and beyond.bound == 2.5
+    worse = budget_efficiency(tokens, losses, 4.1, 100.0)
+    assert worse.value is None and worse.label == "< 1" and worse.bound == 1.0
+    with pytest.raises(ValueError):
+        budget_efficiency([100.0], [4.0], 3.9, 100.0)
+
+
+def test_summarize_efficiency_and_censoring():
+    from metrics import BudgetEfficiency, summarize_efficiency
+
+    s = summarize_efficiency(
+        [BudgetEfficiency(1.5, "1.50"), BudgetEfficiency(2.0, "2.00"), BudgetEfficiency(2.5, "2.50")]
+    )
+    assert s["per_seed"] == [1.5, 2.0, 2.5] and s["mean"] == pytest.approx(2.0) and s["censored"] == 0
+    lo, hi = s["ci95"]
+    assert 1.5 <= lo <= 2.0 <= hi <= 2.5
+    c = summarize_efficiency([BudgetEfficiency(2.0, "2.00"), BudgetEfficiency(None, "> 2.5", 2.5)])
+    assert c["per_seed"] == [2.0, "> 2.5"] and c["mean"] == "> 2.25" and c["censored"] == 1
+
+
+def test_paired_differences():
+    from metrics import paired
+
+    p = paired([3.0, 3.1, 2.9], [3.2, 3.0, 3.0])
+    assert p["per_seed"] == pytest.approx([-0.2, 0.1, -0.1]) and p["mean"] == pytest.approx(-0.2 / 3)
+    assert (p["wins"], p["n"]) == (2, 3)
+    assert p["ci95"][0] <= p["mean"] <= p["ci95"][1]

@@ -325,3 +325,21 @@ def test_architecture_and_padded_vocabulary_must_match_the_checkpoint():
     run.tensor_model_parallel_size, run.hidden_size = 1, 32
     with pytest.raises(GMError, match=r"hidden_size: checkpoint 64, this run 32"):
         check_architecture(run, ckpt, vocab_size=200)
+
+
+def test_wsd_schedule_flags_are_taken_from_the_checkpoint():
+    """A WSD checkpoint: Megatron refuses --lr-decay-style WSD without the cooldown length."""
+    import argparse
+
+    from megatron_gm.oracle.checkpoint import CheckpointInfo
+    from megatron_gm.oracle.cli import inherit_flags
+
+    saved = argparse.Namespace(
+        lr=3e-3, min_lr=3e-4, lr_decay_style="WSD", lr_wsd_decay_style="linear", lr_wsd_decay_iters=56,
+        lr_wsd_decay_samples=None, gm_stage_iters="93,", train_iters=279, train_samples=None, lr_decay_iters=279,
+        lr_warmup_fraction=None, lr_warmup_iters=10,
+    )  # fmt: skip
+    extra = inherit_flags(["--num-layers", "1"], CheckpointInfo("ck/iter_0000093", 93, saved, True, True))
+    pairs = dict(zip(extra[::2], extra[1::2]))
+    assert pairs["--lr-decay-style"] == "WSD" and pairs["--lr-wsd-decay-iters"] == "56"
+    assert pairs["--lr-wsd-decay-style"] == "linear" and pairs["--gm-stage-iters"] == "93,"

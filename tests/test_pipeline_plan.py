@@ -323,3 +323,66 @@ def test_estimate_skips_the_pool_embedding_after_the_first_round():
     cfg.select.embed_cache = "none"
     est = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
     assert est["stage2.select"].flops == pytest.approx(est["stage1.select"].flops)
+
+
+@pytest.mark.parametrize(("probe", "expect"), [(0, 500), (120, 120)])
+def test_bootstrap_probe_count_reaches_the_tool(tmp_path, probe, expect):
+    """oracle.bootstrap_probe_count=0 is documented as the whole pool: the tool must search all of it."""
+    import numpy as np
+
+    from megatron_gm.influence.bootstrap import BootstrapConfig, probing_pool
+    from megatron_gm.influence.cli import bootstrap_parser
+
+    cfg = preset("test")
+    cfg.override("oracle.bootstrap_beams=4")
+    cfg.override(f"oracle.bootstrap_probe_count={probe}")
+    args = bootstrap_parser().parse_args(by_name(build_plan(cfg, tmp_path))["stage0.bootstrap"].args)
+    bc = BootstrapConfig(
+        model=args.model, data_path=args.data_path, output=args.output, probe_count=args.probe_count
+    )
+    pool = probing_pool(bc, 500)
+    assert pool.size == expect and np.all(np.diff(pool) > 0) and pool[-1] < 500
+
+
+def test_wsd_schedule_and_eval_pack_flags(tmp_path):
+    cfg = preset("test")  # 2 stages x 8 iterations
+    for s in (
+        "train.lr_decay_style=WSD",
+        "train.wsd_cooldown=0.25",
+        "train.eval_pack=/p.npz",
+        "train.eval_pack_points=2",
+    ):
+        cfg.override(s)
+    cfg.validate(need_data=False)
+    args = by_name(build_plan(cfg, tmp_path))["stage1.pretrain"].args
+    assert _arg(args, "--lr-decay-style") == "WSD" and _arg(args, "--lr-decay-iters") == "16"
+    assert _arg(args, "--lr-wsd-decay-iters") == "4" and _arg(args, "--lr-wsd-decay-style") == "linear"
+    assert _arg(args, "--gm-eval-pack") == "/p.npz" and _arg(args, "--gm-eval-points") == "2"
+    cfg.override("train.lr_decay_style=linear")
+    with pytest.raises(GMError, match="lr_decay_style must be cosine or WSD"):
+        cfg.validate(need_data=False)
+
+
+def test_first_stage_of_its_own_length(tmp_path):
+    """A short random stage 0, then equal selected stages: boundaries as --gm-stage-iters lists them."""
+    cfg = preset("test")
+    cfg.stages = 3
+    cfg.override("train.first_stage_iters=5")  # stages end at 5, 13, 21 (stage_iters 8)
+    ph = by_name(build_plan(cfg, tmp_path))
+    args = ph["stage1.pretrain"].args
+    assert _arg(args, "--train-iters") == "21" and _arg(args, "--gm-stage-iters") == "5,13"
+    assert [ph[f"stage{s}.pretrain"].env["GM_EXPECT_ITER"] for s in range(3)] == ["5", "13", "21"]
+    from megatron_gm.megatron.args import stage_plan
+
+    assert [(p.start, p.end) for p in (stage_plan(s, "5,13", 21) for s in range(3))] == [
+        (0, 5),
+        (5, 13),
+        (13, 21),
+    ]
+    cfg.stages = 2  # one boundary: "5," (a bare "5" would mean stages of 5 iterations each)
+    args = by_name(build_plan(cfg, tmp_path))["stage1.pretrain"].args
+    assert _arg(args, "--gm-stage-iters") == "5," and _arg(args, "--train-iters") == "13"
+    assert (stage_plan(1, "5,", 13).start, stage_plan(1, "5,", 13).end) == (5, 13)
+    cfg.override("train.first_stage_iters=-1")
+    with pytest.raises(GMError, match="first_stage_iters must be >= 0"):
+        cfg.validate(need_data=False)

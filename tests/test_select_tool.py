@@ -148,3 +148,19 @@ def test_write_scores_refuses_empty_and_existing(tmp_path):
         write_scores(
             tmp_path, np.zeros((2, 4)), np.zeros(2), alpha=1, tau=1, dataset_fingerprint="x", model_hash="m"
         )
+
+
+def test_random_draws_a_fresh_subset_each_stage(scores, tmp_path):
+    """Every stochastic choice comes from (seed, stage): stage 2 is not stage 1's subset again."""
+    picks = {}
+    for name, stage in (("s1", 1), ("s1_again", 1), ("s2", 2)):
+        out = tmp_path / name
+        proc = run_tool("--scores-from", scores, "--gm-num-clusters", 4, "--gm-stage", stage, "--output", out,
+                        "--gm-select-method", "random", "--no-progress")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        picks[name], _ = load_selection(out)
+    np.testing.assert_array_equal(picks["s1"], picks["s1_again"])
+    assert abs(picks["s1"].size - 300) <= 4 and abs(picks["s2"].size - 300) <= 4  # floor of 4 cluster quotas
+    overlap = np.intersect1d(picks["s1"], picks["s2"]).size
+    # two independent uniform halves of 600 share 150 on average (sd ~6); the same subset would share 300
+    assert 110 < overlap < 190

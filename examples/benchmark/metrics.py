@@ -105,3 +105,78 @@ def overhead_share(overhead_s: float, pretrain_s: float) -> float:
     """Share of the whole run's time spent on selection overhead."""
     total = overhead_s + pretrain_s
     return overhead_s / total if total > 0 else math.nan
+
+
+# --- efficiency the paper's way: random trained to several budgets, each with its own full schedule -----
+
+
+@dataclasses.dataclass
+class BudgetEfficiency:
+    """Tokens random needs for the method's final loss ÷ the method's tokens, from random's budget runs.
+
+    ``value`` is None outside the budgets' range; ``label`` is then "> {largest}" (random's largest budget
+    does not reach the method's loss) or "< {smallest}" (the method is worse than random at its own budget).
+    ``bound`` is the budget ratio at the edge, used for censored means."""
+
+    value: float | None
+    label: str
+    bound: float | None = None
+
+
+def budget_efficiency(
+    budget_tokens: list[float], budget_losses: list[float], method_loss: float, method_tokens: float
+) -> BudgetEfficiency:
+    """Interpolate, linearly in log(tokens), the final losses of random's complete runs at several budgets
+    (tokens ascending) to the method's final loss, and divide by the method's tokens."""
+    t = np.asarray(budget_tokens, dtype=np.float64)
+    y = np.asarray(budget_losses, dtype=np.float64)
+    if t.ndim != 1 or t.shape != y.shape or len(t) < 2 or np.any(np.diff(t) <= 0) or method_tokens <= 0:
+        raise ValueError(
+            "need >= 2 budgets with ascending tokens, as many losses, and positive method tokens"
+        )
+    ratios = t / method_tokens
+    if method_loss > y[0]:
+        return BudgetEfficiency(None, f"< {ratios[0]:.2g}", float(ratios[0]))
+    need = tokens_to_reach(list(np.log(t)), list(y), method_loss)
+    if need is None:
+        return BudgetEfficiency(None, f"> {ratios[-1]:.2g}", float(ratios[-1]))
+    v = float(np.exp(need) / method_tokens)
+    return BudgetEfficiency(v, f"{v:.2f}")
+
+
+def summarize_efficiency(per_seed: list[BudgetEfficiency], *, seed: int = 0) -> dict:
+    """Per seed (numbers, or strings outside the range), the mean and a 95% bootstrap CI over seeds.
+
+    A value outside the range counts at its bound (a censored value): the mean and CI are then bounds too,
+    and are written as strings ("> 2.31")."""
+    from megatron_gm.stats import bootstrap_ci
+
+    vals = [e.value if e.value is not None else e.bound for e in per_seed]
+    above = any(e.value is None and e.label.startswith(">") for e in per_seed)
+    below = any(e.value is None and e.label.startswith("<") for e in per_seed)
+    mean = float(np.mean(vals))
+    lo, hi = bootstrap_ci(vals, seed=seed)
+
+    def fmt(x: float):
+        if above and not below:
+            return f"> {x:.2f}"
+        if below and not above:
+            return f"< {x:.2f}"
+        return f"~ {x:.2f}" if (above and below) else round(x, 4)
+
+    return {
+        "per_seed": [e.value if e.value is not None else e.label for e in per_seed],
+        "mean": fmt(mean),
+        "ci95": [fmt(lo), fmt(hi)],
+        "censored": sum(e.value is None for e in per_seed),
+    }
+
+
+def paired(method: list[float], baseline: list[float], *, seed: int = 0) -> dict:
+    """Per-seed differences method − baseline (lower loss is better), mean, 95% bootstrap CI, wins k of n."""
+    from megatron_gm.stats import bootstrap_ci
+
+    d = [a - b for a, b in zip(method, baseline, strict=True)]
+    lo, hi = bootstrap_ci(d, seed=seed)
+    k, n = wins(method, baseline)
+    return {"per_seed": d, "mean": float(np.mean(d)), "ci95": [lo, hi], "wins": k, "n": n}

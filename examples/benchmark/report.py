@@ -1,475 +1,454 @@
-"""The benchmark's report folder: results.json (every number), report.md (tables), PNG plots."""
+"""The evidence benchmark's report: results.json (every number), report.md and PNGs, from the run folder.
+
+Reads, per seed, each run's in-training evaluation log (``checkpoints/gm_eval.jsonl``), the influence
+models' metrics, the oracle summaries, the selections and the pipeline state files. ``heldout=True`` also
+evaluates every final checkpoint on the held-out sets (heldout.py) and the clean-source share of every
+selection: the only path that reads the held-out folder.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
-from metrics import aggregate, curve_band, matched_quality_efficiency, overhead_share, token_efficiency, wins
+from metrics import budget_efficiency, matched_quality_efficiency, paired, summarize_efficiency
 
-METHODS = ("random", "individual", "quota", "group")
-ROOT = Path(__file__).resolve().parents[2]
+from megatron_gm.megatron.eval_hook import read_log
+from megatron_gm.stats import bootstrap_ci
 
-
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def run_config(seed_dir: Path) -> dict:
-    return json.loads((seed_dir / "group" / "config.json").read_text())
+METHODS = ("random", "individual", "quota", "group", "fasttext")
+SELECTING = ("individual", "quota", "group", "fasttext")
+SETS = ("reference", "lambada", "pool_valid")
 
 
-def seed_curves(seed_dir: Path, stages: int) -> dict[str, dict]:
-    """method -> {"iters": [...], "ref": [...], "stage_end": {stage: row}} (stage 0 shared)."""
-    shared = _load(seed_dir / "eval" / "shared_stage0.json")
-    out = {}
-    for m in METHODS:
-        rows = list(shared["results"]) if shared else []
-        ends = {0: shared["results"][-1]} if shared else {}
-        for s in range(1, stages):
-            e = _load(seed_dir / "eval" / f"{m}_stage{s}.json")
-            if e is None:
-                break
-            rows += e["results"]
-            ends[s] = e["results"][-1]
-        if rows:
-            rows.sort(key=lambda r: r["iteration"])
-            out[m] = {"iters": [r["iteration"] for r in rows], "ref": [r["reference"]["loss"] for r in rows],
-                      "stage_end": ends}  # fmt: skip
-    return out
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def seed_overheads(seed_dir: Path, stages: int) -> dict[str, float]:
-    """Group's run (the shared round 1 included): wall seconds by kind; scoring split from selection."""
-    from run_benchmark import select_phase_seconds
-
-    st = json.loads((seed_dir / "group" / "state.json").read_text())["phases"]
-    res = {"pretrain": 0.0, "oracle": 0.0, "influence": 0.0, "scoring": 0.0, "selection": 0.0}
-    for name, rec in st.items():
-        if name.startswith("random."):
-            continue
-        kind, sec = name.split(".")[1], float(rec.get("seconds") or 0.0)
-        if kind == "select":
-            tool = select_phase_seconds(seed_dir / "group" / "logs" / f"{name}.log")
-            score = sum(v for k, v in tool.items() if "score" in k)
-            res["scoring"] += score
-            res["selection"] += max(sec - score, 0.0)
-        else:
-            res[kind] += sec
-    return res
+def stage1_dir(seed_dir: Path, run: str) -> Path:
+    """The stage-1 folder of a method or of random at budget ``random_x{b}``."""
+    if run == "group":
+        return seed_dir / "group" / "stage1"
+    if run == "random":
+        return seed_dir / "group" / "random" / "stage1"
+    return seed_dir / run / "stage1"
 
 
-def flops_projection(cfg: dict) -> dict:
-    """FLOPs of every phase kind with the pipeline's FLOPs model, for this run and for 1B-1x."""
-    from megatron_gm.pipeline.config import PipelineConfig
-    from megatron_gm.pipeline.estimate import CPU, PoolStats, estimate_phase
-    from megatron_gm.pipeline.plan import build_plan
-    from megatron_gm.pipeline.presets import preset
+def curve(seed_dir: Path, run: str) -> list[dict]:
+    """Stage 0 (shared) + the run's stage 1 evaluation rows, by consumed tokens."""
+    rows = []
+    for log in (seed_dir / "group" / "stage0" / "checkpoints" / "gm_eval.jsonl",
+                stage1_dir(seed_dir, run) / "checkpoints" / "gm_eval.jsonl"):  # fmt: skip
+        if log.is_file():
+            rows += read_log(log)
+    return rows
 
-    def split(c: PipelineConfig, pool: PoolStats) -> dict:
-        c.random_twin = False
-        tot = {"pretrain": 0.0, "oracle": 0.0, "influence": 0.0, "select": 0.0}
-        for ph in build_plan(c, "/nonexistent"):
-            kind = (
-                "influence" if ph.kind == "bootstrap" else ph.kind
-            )  # beam search: influence-model inference
-            tot[kind] = tot.get(kind, 0.0) + estimate_phase(c, ph, pool, CPU).flops
-        over = sum(v for k, v in tot.items() if k != "pretrain")
-        return {**tot, "overhead_share": over / (over + tot["pretrain"])}
 
-    ours = PipelineConfig.from_dict(cfg)
-    from megatron_gm.data.indexed import load_dataset_info
+def final(rows: list[dict], end_iter: int) -> dict | None:
+    last = rows[-1] if rows else None
+    return last if last and last["iteration"] == end_iter else None
 
-    info = load_dataset_info(ours.data_path)
-    here = split(ours, PoolStats(int(info.num_docs), int(info.num_tokens), True))
-    big = preset("large")
-    big.stages = 4
-    tokens = 28.8e9  # DCLM 1B-1x: ~1.4B parameters x ~20 tokens each
-    big.train.stage_iters = int(tokens / big.stages / (big.train.global_batch_size * big.model.seq_length))
-    pool_tokens = 2 * tokens
-    paper = split(big, PoolStats(int(pool_tokens / 1000), int(pool_tokens), False))
-    assumptions = (
-        f"1B-1x: the 'large' preset GPT ({big.model.num_layers} layers x {big.model.hidden_size}, seq "
-        f"{big.model.seq_length}, {big.model.params() / 1e9:.2f}B parameters), {tokens / 1e9:.1f}B training "
-        f"tokens in {big.stages} stages (3 selection rounds), pool of {pool_tokens / 1e9:.1f}B tokens in "
-        f"1,000-token documents (ratio {big.select.ratio}), oracle {big.oracle.trajectories} trajectories x "
-        f"T={big.oracle.traj_len} with {big.oracle.ref_max_examples} reference sequences (bootstrap round: "
-        f"{getattr(big.oracle, 'bootstrap_beams', 0)} beam trajectories per tail, 0 = none), influence model "
-        f"all-MiniLM-L6 (22.7M) in {big.influence.mode} mode; FLOPs = 6ND training, 2ND inference "
-        "(megatron_gm/pipeline/estimate.py). Utilisation differences (probing one sequence at a time runs "
-        "far below training MFU) are not in the FLOPs share."
-    )
-    big.oracle.ref_max_examples = 16  # sensitivity: the oracle's reference evaluations dominate its cost
-    paper_small_ref = split(big, PoolStats(int(pool_tokens / 1000), int(pool_tokens), False))
-    return {
-        "this_run": here,
-        "paper_1b_1x": paper,
-        "paper_1b_1x_ref16": paper_small_ref,
-        "assumptions": assumptions,
+
+def collect(out: Path, a, bench: dict) -> dict:
+    """Per seed and run: the curve, the final losses per set and the tokens trained."""
+    first, second = bench["stage_iters"]
+    tpi = bench["tokens_per_iteration"]
+    runs = list(METHODS) + [f"random_x{b:g}" for b in a.budget_list[1:]]
+    ends = {r: first + second for r in METHODS} | {
+        f"random_x{b:g}": first + round(b * (first + second)) - first for b in a.budget_list[1:]
     }
-
-
-def composition(prefix: str, selections: dict[str, Path]) -> dict:
-    """Label-free statistics of pool vs selected documents: length and distinct-token ratio."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    ds = IndexedDataset(prefix)
-    lengths = np.asarray(ds.sequence_lengths, dtype=np.int64)
-    uniq = np.asarray([len(np.unique(ds[i])) / max(1, len(ds[i])) for i in range(len(ds))])
-    res = {"pool": {"docs": len(lengths), "lengths": lengths.tolist(), "distinct": uniq.tolist()}}
-    for name, folder in selections.items():
-        f = folder / "documents.npy"
-        if f.exists():
-            docs = np.load(f)
-            res[name] = {
-                "docs": len(docs),
-                "lengths": lengths[docs].tolist(),
-                "distinct": uniq[docs].tolist(),
+    seeds = []
+    for k in range(a.seeds):
+        sd = out / f"seed{k}"
+        per = {}
+        for r in runs:
+            rows = curve(sd, r)
+            f = final(rows, ends[r])
+            per[r] = {
+                "curve": [
+                    (row["consumed_tokens"], {s: row["sets"][s]["loss"] for s in row["sets"]}) for row in rows
+                ],
+                "final": {s: f["sets"][s]["loss"] for s in f["sets"]} if f else None,
+                "final_lambada_accuracy": f["sets"]["lambada"]["accuracy"]
+                if f and "lambada" in f["sets"]
+                else None,
+                "tokens": ends[r] * tpi,
             }
-    return res
+        seeds.append(per)
+    return {"runs": runs, "seeds": seeds, "ends": ends}
 
 
-def scores_and_labels(seed_dir: Path) -> dict:
-    from megatron_gm.oracle.store import load_oracle
-    from megatron_gm.selection.scores import open_scores
+def efficiency_tables(col: dict, a, sets: tuple[str, ...]) -> tuple[dict, dict]:
+    """The paper's way (random's budgets) and the converse (matched quality on the method's curve)."""
+    paper: dict = {}
+    converse: dict = {}
+    budget_runs = ["random"] + [f"random_x{b:g}" for b in a.budget_list[1:]]
+    for s in sets:
+        paper[s], converse[s] = {}, {}
+        for m in SELECTING:
+            effs, conv = [], []
+            for per in col["seeds"]:
+                if per[m]["final"] is None or any(per[r]["final"] is None for r in budget_runs):
+                    continue
+                bt = [per[r]["tokens"] for r in budget_runs]
+                bl = [per[r]["final"][s] for r in budget_runs]
+                effs.append(budget_efficiency(bt, bl, per[m]["final"][s], per[m]["tokens"]))
+                xs = [t for t, _ in per[m]["curve"]]
+                ys = [v[s] for _, v in per[m]["curve"]]
+                c = matched_quality_efficiency(xs, ys, per["random"]["final"][s], per["random"]["tokens"])
+                conv.append(c.value)
+            if effs:
+                paper[s][m] = summarize_efficiency(effs)
+                lo, hi = bootstrap_ci(conv)
+                converse[s][m] = {"per_seed": conv, "mean": float(np.mean(conv)), "ci95": [lo, hi]}
+    return paper, converse
 
+
+def final_table(col: dict, sets: tuple[str, ...]) -> tuple[dict, dict]:
+    """Final losses per set and method (per seed, mean, CI) and paired differences."""
+    finals: dict = {}
+    diffs: dict = {}
+    done = [per for per in col["seeds"] if all(per[m]["final"] for m in METHODS)]
+    for s in sets:
+        finals[s] = {}
+        for r in col["runs"]:
+            v = [per[r]["final"][s] for per in col["seeds"] if per[r]["final"]]
+            if v:
+                lo, hi = bootstrap_ci(v)
+                finals[s][r] = {"per_seed": v, "mean": float(np.mean(v)), "ci95": [lo, hi]}
+        diffs[s] = {}
+        for m in SELECTING:
+            for base in ("random", "individual", "quota", "fasttext"):
+                if base != m and done:
+                    diffs[s][f"{m} - {base}"] = paired(
+                        [per[m]["final"][s] for per in done], [per[base]["final"][s] for per in done]
+                    )
+    return finals, diffs
+
+
+def diagnostics(out: Path, a) -> dict:
+    """Why the numbers are what they are: model Spearman (with/without relation), labels, clusters, overlap."""
+    diag: dict = {"seeds": []}
+    for k in range(a.seeds):
+        sd = out / f"seed{k}"
+        d: dict = {}
+        for name, folder in (("group_model", sd / "group" / "stage0" / "influence_bootstrap"),
+                             ("group_model_round1", sd / "group" / "stage0" / "influence"),
+                             ("individual_model", sd / "individual" / "influence")):  # fmt: skip
+            m = _json(folder / "metrics.json")
+            if m:
+                d[name] = {"spearman": m["main"]["best"]["spearman"], "ci95": m["main"]["best"].get("spearman_ci95"),
+                           "val_trajectories": m["val_trajectories"], "train_trajectories": m["train_trajectories"],
+                           "alpha": m["main"]["best"].get("alpha"), "tau": m["main"]["best"].get("tau")}  # fmt: skip
+                if "ablation" in m:
+                    ab = m["ablation"]["best"]
+                    d[name]["no_relation_spearman"] = ab["spearman"]
+                    d[name]["no_relation_ci95"] = ab.get("spearman_ci95")
+        for store in ("oracle", "oracle_bootstrap"):
+            summ = _json(sd / "group" / "stage0" / store / "summary.json")
+            if summ:
+                d[store] = {k2: summ[k2] for k2 in summ if k2 in ("trajectories", "labels", "label_mean", "label_std",
+                                                                  "seconds", "ref_tokens", "label_spread")}  # fmt: skip
+        sels = {}
+        for m in SELECTING + ("random",):
+            sel = stage1_dir(sd, m) / "selection"
+            if (sel / "documents.npy").is_file():
+                sels[m] = np.load(sel / "documents.npy")
+                man = _json(sel / "manifest.json") or {}
+                d.setdefault("selections", {})[m] = {"documents": int(sels[m].size),
+                                                     "clusters": man.get("config", {}).get("num_clusters")}  # fmt: skip
+        if "group" in sels:
+            d["overlap_with_group"] = {
+                m: float(np.intersect1d(sels[m], sels["group"]).size / max(1, sels["group"].size))
+                for m in sels
+            }
+        d["phase_seconds"] = phase_seconds(sd)
+        diag["seeds"].append(d)
+    return diag
+
+
+def phase_seconds(sd: Path) -> dict:
     out: dict = {}
-    for s in (0, 1):
-        folder = seed_dir / "group" / f"stage{s}" / "oracle"
-        if folder.exists():
-            out[f"labels_round{s + 1}"] = load_oracle(folder).labels.ravel().tolist()
-        sc = seed_dir / "group" / f"stage{s + 1}" / "selection.scores"
-        if sc.exists():
-            shards, _ = open_scores(sc)
-            out[f"scores_round{s + 1}"] = np.concatenate([x["s"] for x in shards.read_all()]).tolist()
+    for folder in [sd / "group"] + [p for p in sorted(sd.iterdir()) if p.is_dir() and p.name != "group"]:
+        st = _json(folder / "state.json")
+        if not st:
+            continue
+        for name, ph in st.get("phases", {}).items():
+            secs = ph.get("seconds") or ph.get("wall_seconds") or ph.get("elapsed")
+            if secs is not None:
+                out[f"{folder.name}/{name}"] = secs
     return out
 
 
-def _fmt(a, digits: int = 4) -> str:
-    if a.n == 0:
-        return "-"
-    return f"{a.mean:.{digits}f} ± {a.std:.{digits}f}" if a.n > 1 else f"{a.mean:.{digits}f}"
+def run_heldout(out: Path, a, col: dict) -> dict:
+    """Held-out WikiText-103 test loss and BLiMP of every final checkpoint (heldout.py), cached per run."""
+    res: dict = {}
+    for k in range(a.seeds):
+        sd = out / f"seed{k}"
+        for r in col["runs"]:
+            ck = stage1_dir(sd, r) / "checkpoints"
+            dest = sd / "heldout" / f"{r}.json"
+            if not dest.exists() and (ck / "latest_checkpointed_iteration.txt").is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                print(f"[bench] held-out evaluation of seed {k} {r}", flush=True)
+                p = subprocess.run([sys.executable, str(Path(__file__).parent / "heldout.py"), "--load", str(ck),
+                                    "--heldout-dir", a.heldout_dir, "--output", str(dest), "--blimp-max", "4000"],
+                                   capture_output=True, text=True)  # fmt: skip
+                if p.returncode != 0:
+                    raise RuntimeError(f"heldout.py failed for {ck}:\n{p.stderr[-2000:]}")
+            if dest.exists():
+                h = json.loads(dest.read_text())
+                res.setdefault(k, {})[r] = {"wikitext103_test": h["wikitext103_test"]["loss"],
+                                            "blimp": h["blimp"]["accuracy"]}  # fmt: skip
+    return res
 
 
-def plots(folder: Path, curves_by_seed: list[dict], tok_per_iter: float, dist: dict, comp: dict) -> list[str]:
+def heldout_tables(col: dict, held: dict, a) -> tuple[dict, dict, dict]:
+    """Fold held-out final losses into the curves' final values so the same efficiency code applies."""
+    for k, per in enumerate(col["seeds"]):
+        for r, v in held.get(k, {}).items():
+            if per[r]["final"] is not None:
+                per[r]["final"]["heldout_wikitext103_test"] = v["wikitext103_test"]
+    paper: dict = {"heldout_wikitext103_test": {}}
+    budget_runs = ["random"] + [f"random_x{b:g}" for b in a.budget_list[1:]]
+    key = "heldout_wikitext103_test"
+    for m in SELECTING:
+        effs = []
+        for per in col["seeds"]:
+            if all(per[r]["final"] and key in per[r]["final"] for r in budget_runs + [m]):
+                effs.append(budget_efficiency([per[r]["tokens"] for r in budget_runs],
+                                              [per[r]["final"][key] for r in budget_runs],
+                                              per[m]["final"][key], per[m]["tokens"]))  # fmt: skip
+        if effs:
+            paper[key][m] = summarize_efficiency(effs)
+    finals, diffs = final_table(col, (key,))
+    blimp = {r: [held[k][r]["blimp"] for k in held if r in held[k]] for r in col["runs"]}
+    return paper, finals | diffs_wrap(diffs), blimp
+
+
+def diffs_wrap(diffs: dict) -> dict:
+    return {f"{k} (paired)": v for k, v in diffs.items()}
+
+
+def plots(folder: Path, col: dict, a) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in METHODS:
-        cs = [(np.asarray(c[m]["iters"]) * tok_per_iter, c[m]["ref"]) for c in curves_by_seed if m in c]
-        if not cs:
-            continue
-        x, mean, lo, hi = curve_band([(list(t), list(y)) for t, y in cs])
-        ax.plot(x / 1e6, mean, label=f"{m} ({len(cs)} seed{'s' if len(cs) > 1 else ''})")
-        ax.fill_between(x / 1e6, lo, hi, alpha=0.2)
-    ax.set_xlabel("training tokens (M)")
-    ax.set_ylabel("WikiText-103 valid loss")
-    ax.set_title("reference loss (mean, band = min..max over seeds)")
-    ax.legend()
+    colors = {"random": "grey", "individual": "tab:blue", "quota": "tab:orange", "group": "tab:red",
+              "fasttext": "tab:green"}  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, s in zip(axes, SETS):
+        for m in METHODS:
+            for k, per in enumerate(col["seeds"]):
+                xs = [t / 1e6 for t, v in per[m]["curve"] if s in v]
+                ys = [v[s] for t, v in per[m]["curve"] if s in v]
+                if xs:
+                    ax.plot(xs, ys, color=colors[m], alpha=0.8, lw=1, label=m if k == 0 else None)
+        for r in [f"random_x{b:g}" for b in a.budget_list[1:]]:
+            pts = [(per[r]["tokens"] / 1e6, per[r]["final"][s]) for per in col["seeds"] if per[r]["final"]]
+            if pts:
+                ax.scatter(*zip(*pts), color="black", marker="x", s=30, label=f"{r} (final)")
+        ax.set_title(f"{s} loss")
+        ax.set_xlabel("training tokens (M)")
+        lo = [per["random"]["final"][s] for per in col["seeds"] if per["random"]["final"]]
+        if lo:
+            ax.set_ylim(min(lo) - 0.4, min(lo) + 0.8)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "loss_curves.png", dpi=110)
     plt.close(fig)
     names.append("loss_curves.png")
-
-    # paired by seed: the seeds' spread is much larger than the methods' gaps, so plot method - random
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in METHODS:
-        ds = []
-        for c in curves_by_seed:
-            if m in c and "random" in c:
-                rnd = dict(zip(c["random"]["iters"], c["random"]["ref"], strict=True))
-                common = [
-                    (i, y - rnd[i]) for i, y in zip(c[m]["iters"], c[m]["ref"], strict=True) if i in rnd
-                ]
-                ds.append(([float(i * tok_per_iter) for i, _ in common], [d for _, d in common]))
-        if not ds:
-            continue
-        x, mean, lo, hi = curve_band(ds)
-        ax.plot(x / 1e6, mean, label=f"{m} ({len(ds)} seed{'s' if len(ds) > 1 else ''})")
-        ax.fill_between(x / 1e6, lo, hi, alpha=0.2)
-    ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xlabel("training tokens (M)")
-    ax.set_ylabel("reference loss minus random's (same seed)")
-    ax.set_title("vs random, paired by seed (mean, band = min..max; below 0 = better)")
-    ax.legend()
+    # paired final-loss differences to random, per seed, per set
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    done = [per for per in col["seeds"] if all(per[m]["final"] for m in METHODS)]
+    for ax, s in zip(axes, SETS):
+        for i, m in enumerate(SELECTING):
+            d = [per[m]["final"][s] - per["random"]["final"][s] for per in done]
+            ax.scatter([i] * len(d), d, color=colors[m])
+            if d:
+                ax.hlines(np.mean(d), i - 0.3, i + 0.3, color=colors[m])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(SELECTING)), SELECTING)
+        ax.set_title(f"{s}: final loss - random's (per seed)")
     fig.tight_layout()
     fig.savefig(folder / "loss_vs_random.png", dpi=110)
     plt.close(fig)
     names.append("loss_vs_random.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax, title in (("labels", axes[0], "oracle labels (Δ ref loss)"),
-                           ("scores", axes[1], "influence scores over the pool")):  # fmt: skip
-        for r in (1, 2):
-            v = dist.get(f"{key}_round{r}")
-            if v:
-                ax.hist(v, bins=50, alpha=0.5, label=f"round {r}")
-        ax.set_title(title)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "labels_scores.png", dpi=110)
-    plt.close(fig)
-    names.append("labels_scores.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax, title in (("lengths", axes[0], "document length (tokens)"),
-                           ("distinct", axes[1], "distinct tokens / length")):  # fmt: skip
-        bins = np.histogram_bin_edges(comp["pool"][key], bins=40)
-        for name, v in comp.items():
-            ax.hist(v[key], bins=bins, histtype="step", density=True, label=name)
-        ax.set_title(title + " (seed 0, round 1)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "composition.png", dpi=110)
-    plt.close(fig)
-    names.append("composition.png")
     return names
 
 
-def run_heldout(out: Path, seeds: int, stages: int, heldout_dir: Path) -> dict:
-    res: dict = {}
-    for k in range(seeds):
-        sd = out / f"seed{k}"
-        from run_benchmark import checkpoint_dirs, py, run
-
-        for m in METHODS:
-            ck = checkpoint_dirs(sd, m, stages)[stages - 1]
-            dest = sd / "eval" / f"heldout_{m}.json"
-            if not dest.exists():
-                run([py(), str(Path(__file__).parent / "heldout.py"), "--load", str(ck),
-                     "--heldout-dir", str(heldout_dir), "--output", str(dest)], dest.with_suffix(".log"))  # fmt: skip
-            res.setdefault(m, []).append(json.loads(dest.read_text()))
-    return res
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return f"{v:.{digits}f}"
 
 
-def heldout_composition(out: Path, seeds: int, stages: int, heldout_dir: Path, data_path: str) -> dict:
-    """Clean share (held-out per-source labels) of every method's selection, per seed and stage."""
-    from heldout import clean_share
-    from run_benchmark import stage_dir
-
-    res: dict = {}
-    for k in range(seeds):
-        sd = out / f"seed{k}"
-        for s in range(1, stages):
-            sels = {m: stage_dir(sd, m, s) / "selection" for m in METHODS}
-            res[f"seed{k}/stage{s}"] = clean_share(heldout_dir, data_path, sels)
-    return res
-
-
-def write_report(out: Path, a, heldout: bool = False) -> Path:
-    bench = json.loads((out / "benchmark.json").read_text())
-    seeds, stages = bench["seeds"], bench["stages"]
-    seed_dirs = [out / f"seed{k}" for k in range(seeds) if (out / f"seed{k}" / "eval").exists()]
-    if not seed_dirs:
-        from megatron_gm.errors import GMError
-
-        raise GMError(f"{out}: no evaluated seed yet; run the benchmark first")
-    cfg = run_config(seed_dirs[0])
-    tok_per_iter = cfg["train"]["global_batch_size"] * cfg["model"]["seq_length"]
-    curves = [seed_curves(sd, stages) for sd in seed_dirs]
-    res: dict = {"benchmark": bench, "tokens_per_iteration": tok_per_iter, "seeds_evaluated": len(curves),
-                 "curves": curves}  # fmt: skip
-
-    # stage-end table
-    table = {}
-    for m in METHODS:
-        for s in range(stages):
-            rows = [c[m]["stage_end"].get(s) for c in curves if m in c]
-            rows = [r for r in rows if r]
-            table[(m, s)] = {
-                "ref_loss": aggregate([r["reference"]["loss"] for r in rows]),
-                "lambada_loss": aggregate([r["prompts"]["loss"] for r in rows]),
-                "lambada_acc": aggregate([r["prompts"]["accuracy"] for r in rows]),
-                "tokens": rows[0]["iteration"] * tok_per_iter if rows else None,
-            }
-    res["stage_end"] = {f"{m}/stage{s}": {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in d.items()}
-                        for (m, s), d in table.items()}  # fmt: skip
-
-    # token efficiency and wins (final stage)
-    eff, matched, final = {}, {}, {}
-    for m in METHODS:
-        vals, flags, fl, mv, mflags = [], [], [], [], []
-        for c in curves:
-            if m not in c or "random" not in c or stages - 1 not in c[m]["stage_end"]:
-                continue
-            r = c["random"]
-            t_r = [i * tok_per_iter for i in r["iters"]]
-            last = c[m]["stage_end"][stages - 1]
-            e = token_efficiency(t_r, r["ref"], last["reference"]["loss"], last["iteration"] * tok_per_iter)
-            vals.append(e.value)
-            flags.append(e.lower_bound)
-            fl.append(last["reference"]["loss"])
-            t_m = [i * tok_per_iter for i in c[m]["iters"]]
-            q = matched_quality_efficiency(t_m, c[m]["ref"], r["ref"][-1], t_r[-1])
-            mv.append(q.value)
-            mflags.append(q.upper_bound)
-        eff[m] = {"per_seed": vals, "lower_bound": flags, "aggregate": aggregate(vals).__dict__}
-        matched[m] = {"per_seed": mv, "upper_bound": mflags, "aggregate": aggregate(mv).__dict__}
-        final[m] = fl
-    res["token_efficiency_vs_random"] = eff
-    res["matched_quality_efficiency_vs_random"] = matched
-    res["final_ref_loss_per_seed"] = final
-    res["wins_final_ref_loss"] = {
-        f"group<{b}": dict(zip(("seeds_better", "seeds"), wins(final["group"], final[b]), strict=True))
-        for b in ("random", "individual", "quota") if len(final[b]) == len(final["group"])
-    }  # fmt: skip
-
-    # overheads (measured in this run) and the FLOPs model
-    ovs = [seed_overheads(sd, stages) for sd in seed_dirs]
-    over = {k: aggregate([o[k] for o in ovs]).__dict__ for k in ovs[0]}
-    share = [
-        overhead_share(o["oracle"] + o["influence"] + o["scoring"] + o["selection"], o["pretrain"])
-        for o in ovs
+def markdown(res: dict) -> str:
+    c = res["config"]
+    lines = [
+        "# Evidence benchmark: Group-MATES vs random, MATES, quota-only and a fastText filter",
+        "",
+        f"Command: `{res['command']}` at commit `{res['commit']}`.",
+        "",
+        "## What this measures",
+        "",
+        f"- GPT with {c['params']:,} parameters (2 layers, hidden {c['model']['hidden_size']}, sequence "
+        f"{c['model']['seq_length']}, vocabulary {c['vocab_size']}), trained on {c['tokens']:,} tokens = "
+        f"**{res['tokens_per_param']:.1f} tokens a parameter** (the paper's 1B-1x ratio is 20), WSD schedule "
+        f"(cooldown over the last 20%), {c['stage_iters'][0]} + {c['stage_iters'][1]} iterations of "
+        f"{c['tokens_per_iteration']} tokens.",
+        f"- Pool: the bundled pool, {c['pool_docs']:,} documents, {c['pool_tokens']:,} tokens: "
+        f"{c['pool_tokens'] / c['selected_stage_tokens']:.1f}x what a method's selected stage trains on.",
+        "- Stage 0 (a third of the tokens) trains on the whole pool; one selection round at its checkpoint keeps "
+        f"{c['ratio']:.0%} of the pool; stage 1 trains on that selection. Seeds: "
+        f"{', '.join(map(str, res['seeds']))}.",
+        "- The oracle's reference set is the even-numbered articles of WikiText-103 validation "
+        f"({c['oracle']['ref_max_examples']} windows of {c['model']['seq_length']} tokens, the same for every seed); "
+        "the fastText filter's positives are all of those articles' text.",
+        "- Development evaluation (a fixed subset for every seed and method, never seen by the oracle or the "
+        "filter): `reference` = the odd-numbered articles of WikiText-103 validation (other articles than "
+        "the oracle's), `lambada` = LAMBADA eval half, target-word loss, `pool_valid` = the pool's validation "
+        "split (off-target: general ability).",
+        f"- Random also trains at {', '.join(f'{b:g}x' for b in res['random_budgets'])} the methods' tokens, each "
+        "with its own complete WSD schedule from the shared stage-0 checkpoint.",
+        f"- Oracle: {c['oracle']['trajectories']} random + {2 * c['oracle']['bootstrap_beams']} bootstrap "
+        f"trajectories (T=10); influence models chosen on {c['val_count']} validation trajectories.",
+        "",
+        "## Token efficiency, the paper's way",
+        "",
+        "Tokens random needs (interpolated in log tokens between its budgets' final losses) to reach the "
+        "method's final loss ÷ the method's tokens. `> x`: beyond random's largest budget.",
+        "",
     ]
-    res["overhead_seconds"] = {"per_seed": ovs, "aggregate": over, "share": aggregate(share).__dict__}
-    res["flops"] = flops_projection(cfg)
+    for s, table in res["efficiency"].items():
+        lines += [f"**{s}**", "", "| method | per seed | mean | 95% CI |", "|---|---|---|---|"]
+        for m, e in table.items():
+            lines.append(f"| {m} | {', '.join(_fmt(x, 2) for x in e['per_seed'])} | {_fmt(e['mean'], 2)} | "
+                         f"[{_fmt(e['ci95'][0], 2)}, {_fmt(e['ci95'][1], 2)}] |")  # fmt: skip
+        lines.append("")
+    lines += ["## Matched quality (converse)", "",
+              "Tokens random used ÷ tokens the method needed to reach random's final loss (on the method's "
+              "evaluation curve, an annealing run: indicative only).", ""]  # fmt: skip
+    for s, table in res["efficiency_matched_quality"].items():
+        lines.append(f"- {s}: " + "; ".join(f"{m} {e['mean']:.2f} [{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]"
+                                           for m, e in table.items()))  # fmt: skip
+    lines += ["", "## Final losses", ""]
+    for s, table in res["final_loss"].items():
+        lines += [f"**{s}**", "", "| run | per seed | mean | 95% CI |", "|---|---|---|---|"]
+        for r, e in table.items():
+            lines.append(f"| {r} | {', '.join(_fmt(x) for x in e['per_seed'])} | {_fmt(e['mean'])} | "
+                         f"[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}] |")  # fmt: skip
+        lines.append("")
+    lines += ["## Paired differences (final loss; negative = the first method is better)", ""]
+    for s, table in res["paired"].items():
+        lines += [f"**{s}**", "", "| pair | per seed | mean | 95% CI | wins |", "|---|---|---|---|---|"]
+        for pair, e in table.items():
+            lines.append(f"| {pair} | {', '.join(f'{x:+.4f}' for x in e['per_seed'])} | {e['mean']:+.4f} | "
+                         f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] | {e['wins']} of {e['n']} |")  # fmt: skip
+        lines.append("")
+    lines += ["## Why: influence models, labels, selections", ""]
+    for k, d in enumerate(res["diagnostics"]["seeds"]):
+        parts = []
+        for name in ("group_model", "individual_model"):
+            if name in d:
+                m = d[name]
+                ci = m.get("ci95") or [float("nan")] * 2
+                parts.append(f"{name} Spearman {m['spearman']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+                             + (f", without relation {m['no_relation_spearman']:.3f}" if "no_relation_spearman" in m else ""))  # fmt: skip
+        if "overlap_with_group" in d:
+            parts.append(
+                "overlap with group's selection: "
+                + ", ".join(f"{m} {v:.2f}" for m, v in d["overlap_with_group"].items())
+            )
+        lines.append(f"- seed {k}: " + "; ".join(parts))
+    if res.get("heldout"):
+        lines += ["", "## Held out (read once, for this report)", ""]
+        h = res["heldout_results"]
+        for s, table in h["efficiency"].items():
+            lines.append(f"- efficiency on {s}: " + "; ".join(f"{m} {e['mean']} (per seed {e['per_seed']})"
+                                                             for m, e in table.items()))  # fmt: skip
+        for s, table in h["final_loss"].items():
+            if "paired" in s:
+                continue
+            lines.append(f"- final {s}: " + "; ".join(f"{r} {e['mean']:.4f}" for r, e in table.items()))
+        lines.append("- BLiMP accuracy (4,000 pairs): " + "; ".join(
+            f"{r} {np.mean(v):.3f}" for r, v in h["blimp"].items() if v))  # fmt: skip
+        if h.get("clean_share"):
+            lines.append("- clean-source share of selections: " + json.dumps(h["clean_share"]))
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in res["plots"]]
+    return "\n".join(lines) + "\n"
 
-    # distributions and composition (seed 0)
-    dist = scores_and_labels(seed_dirs[0])
-    sd0 = seed_dirs[0]
-    from run_benchmark import stage_dir
 
-    sels = {m: stage_dir(sd0, m, 1) / "selection" for m in METHODS}
-    comp = composition(bench["data_path"], sels)
-    res["composition"] = {k: {"docs": v["docs"], "mean_length": float(np.mean(v["lengths"])),
-                              "median_length": float(np.median(v["lengths"])),
-                              "mean_distinct_ratio": float(np.mean(v["distinct"]))} for k, v in comp.items()}  # fmt: skip
-    res["distributions"] = {k: aggregate(v).__dict__ for k, v in dist.items()}
-
+def write_report(out: Path, a, data, heldout: bool = False, results_dir: str = "") -> Path:
+    bench = json.loads((out / "benchmark.json").read_text())
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    pngs = plots(folder, curves, tok_per_iter, dist, comp)
+    col = collect(out, a, bench)
+    eff, conv = efficiency_tables(col, a, SETS)
+    finals, diffs = final_table(col, SETS)
+    first, second = bench["stage_iters"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parents[2], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    res = {
+        "commit": commit,
+        "command": " ".join(["examples/benchmark/run_benchmark.py", *bench["argv"]]),
+        "config": {
+            "params": bench["params"],
+            "model": a.model,
+            "vocab_size": data.vocab_size,
+            "stage_iters": bench["stage_iters"],
+            "tokens_per_iteration": bench["tokens_per_iteration"],
+            "tokens": (first + second) * bench["tokens_per_iteration"],
+            "selected_stage_tokens": second * bench["tokens_per_iteration"],
+            "pool_tokens": data.pool_tokens,
+            "pool_docs": data.pool_docs,
+            "ratio": a.ratio,
+            "oracle": a.oracle,
+            "val_count": a.val_count,
+            "eval_sizes": a.eval_sizes,
+            "quick": a.quick,
+            "lr": a.lr,
+            "gbs": a.gbs,
+        },  # fmt: skip
+        "tokens_per_param": (first + second) * bench["tokens_per_iteration"] / bench["params"],
+        "seeds": [1234 + 1000 * k for k in range(a.seeds)],
+        "methods": list(METHODS),
+        "bootstrap_round": bool(a.oracle.get("bootstrap_beams")),
+        "random_budgets": a.budget_list,
+        "efficiency": eff,
+        "efficiency_matched_quality": conv,
+        "final_loss": finals,
+        "paired": diffs,
+        "complete_seeds": sum(all(per[r]["final"] for r in col["runs"]) for per in col["seeds"]),
+        "diagnostics": diagnostics(out, a),
+        "heldout": bool(heldout),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if heldout:
-        res["heldout"] = run_heldout(out, len(seed_dirs), stages, Path(a.heldout_dir))
-        res["heldout_clean_share"] = heldout_composition(
-            out, len(seed_dirs), stages, Path(a.heldout_dir), bench["data_path"]
-        )
-    (folder / "results.json").write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
-    (folder / "report.md").write_text(markdown(res, table, eff, stages, pngs, a))
+        from heldout import clean_share
+
+        held = run_heldout(out, a, col)
+        h_eff, h_final, blimp = heldout_tables(col, held, a)
+        sels = {f"seed{k}/{m}": stage1_dir(out / f"seed{k}", m) / "selection" for k in range(a.seeds)
+                for m in METHODS if (stage1_dir(out / f"seed{k}", m) / "selection" / "documents.npy").is_file()}  # fmt: skip
+        res["heldout_results"] = {"efficiency": h_eff, "final_loss": h_final, "blimp": blimp,
+                                  "clean_share": clean_share(Path(a.heldout_dir), data.prefix, sels) if sels else {}}  # fmt: skip
+    res["plots"] = plots(folder, col, a)
+    (folder / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    (folder / "report.md").write_text(markdown(res))
+    if results_dir:
+        dest = Path(results_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in ["results.json", "report.md", *res["plots"]]:
+            shutil.copy2(folder / f, dest / f)
     return folder / "report.md"
-
-
-def _efficiency_rows(eff: dict, flag: str, mark: str) -> list[str]:
-    """Table rows: method | mean ± std | per seed, with ``mark`` before seeds whose value is a bound."""
-    rows = []
-    for m in METHODS:
-        e = eff[m]
-        per = ", ".join((mark if b else "") + f"{v:.3f}" for v, b in zip(e["per_seed"], e[flag], strict=True))
-        agg = e["aggregate"]
-        cell = (
-            "-" if not agg["n"] else f"{agg['mean']:.3f}" + (f" ± {agg['std']:.3f}" if agg["n"] > 1 else "")
-        )
-        rows.append(f"| {m} | {cell} | {per} |")
-    return rows
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)
-
-
-def markdown(res: dict, table: dict, eff: dict, stages: int, pngs: list[str], a) -> str:
-    b = res["benchmark"]
-    n = res["seeds_evaluated"]
-    lines = [
-        "# Selection benchmark: random vs individual (MATES) vs quota-only vs group (Group-MATES)",
-        "",
-        f"Command: `python examples/benchmark/run_benchmark.py {' '.join(b['argv'])}`",
-        f"Pool: {b['pool']}; {n} seed(s); {stages} stages ({stages - 1} selection rounds); "
-        f"{res['tokens_per_iteration']} tokens per iteration, same for every method."
-        + (" **--quick: a short, noisy look, not a result.**" if b["quick"] else ""),
-        "",
-        "Shared within a seed: stage 0 (random data), its oracle store and influence model and the round-1 "
-        "pool scores (group's); every later round is each method's own.",
-        "",
-        "## Reference loss (WikiText-103 valid) and LAMBADA (eval half) at the end of each stage",
-        "",
-        "| method | "
-        + " | ".join(f"stage {s} ref loss" for s in range(stages))
-        + " | LAMBADA loss (final) | LAMBADA acc (final) |",
-        "|---" * (stages + 3) + "|",
-    ]
-    for m in METHODS:
-        cells = [_fmt(table[(m, s)]["ref_loss"]) for s in range(stages)]
-        f = table[(m, stages - 1)]
-        lines.append(
-            f"| {m} | " + " | ".join(cells) + f" | {_fmt(f['lambada_loss'])} | {_fmt(f['lambada_acc'])} |"
-        )
-    lines += ["", "LAMBADA (eval half) after each stage: final-word loss / accuracy", "",
-              "| method | " + " | ".join(f"stage {s}" for s in range(stages)) + " |", "|---" * (stages + 1) + "|"]  # fmt: skip
-    for m in METHODS:
-        cells = [
-            f"{_fmt(table[(m, s)]['lambada_loss'], 3)} / {_fmt(table[(m, s)]['lambada_acc'], 3)}"
-            for s in range(stages)
-        ]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample std over seeds. Final reference loss per seed:", ""]
-    for m, v in res["final_ref_loss_per_seed"].items():
-        lines.append(f"- {m}: " + ", ".join(f"{x:.4f}" for x in v))
-    lines += ["", "Group's final reference loss below the baseline's, paired by seed:", ""]
-    for k, v in res["wins_final_ref_loss"].items():
-        lines.append(f"- {k}: {v['seeds_better']} of {v['seeds']} seeds")
-    lines += ["", "## Token efficiency vs random", "",
-              "Tokens random needs to reach the method's final reference loss (linear interpolation on "
-              "random's curve) ÷ tokens the method used. '≥' marks seeds where random never got there "
-              "(random's total is used: a lower bound).", "",
-              "| method | efficiency | per seed |", "|---|---|---|"]  # fmt: skip
-    lines += _efficiency_rows(eff, "lower_bound", "≥")
-    lines += ["", "Matched quality: tokens random used ÷ tokens the method needed to reach random's final "
-              "reference loss (interpolated on the method's curve); 1.2 = random's quality with 1/1.2 of the "
-              "tokens. '≤' marks seeds where the method never got there (an upper bound).", "",
-              "| method | efficiency | per seed |", "|---|---|---|"]  # fmt: skip
-    lines += _efficiency_rows(res["matched_quality_efficiency_vs_random"], "upper_bound", "≤")
-    o = res["overhead_seconds"]["aggregate"]
-    fl = res["flops"]
-    lines += ["", "## Overhead vs pretraining (group's run, measured wall seconds incl. process start-up)", "",
-              "| oracle | influence training | pool scoring | selection | pretraining | overhead share |",
-              "|---|---|---|---|---|---|",
-              "| " + " | ".join(f"{o[k]['mean']:.1f}" for k in ("oracle", "influence", "scoring", "selection", "pretrain"))
-              + f" | {res['overhead_seconds']['share']['mean']:.1%} |", "",
-              "FLOPs model (same formulas as the pipeline's dry-run estimate):", "",
-              "| setting | pretrain FLOPs | oracle | influence | scoring+selection | overhead share |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    for name, key in (("this run", "this_run"), ("paper 1B-1x (projected)", "paper_1b_1x"),
-                      ("1B-1x, oracle on 16 reference sequences", "paper_1b_1x_ref16")):  # fmt: skip
-        x = fl[key]
-        lines.append(f"| {name} | {x['pretrain']:.3g} | {x['oracle']:.3g} | {x['influence']:.3g} | "
-                     f"{x['select']:.3g} | {x['overhead_share']:.1%} |")  # fmt: skip
-    lines += ["", f"Assumptions: {fl['assumptions']}", "",
-              "The tiny CPU models here are start-up and overhead bound, so the measured share is far above "
-              "the FLOPs share; the projection is what the FLOPs model says at scale. The frozen encoder's pool "
-              "embeddings are computed once for the whole benchmark (select.embed_cache) and reused by every "
-              "later round, method and seed, so seed 0's pool scoring carries that cost.", "",
-              "## Selected vs pool composition (seed 0, round 1; no held-out labels used)", "",
-              "| set | docs | mean length | median length | distinct-token ratio |", "|---|---|---|---|---|"]  # fmt: skip
-    for k, v in res["composition"].items():
-        lines.append(f"| {k} | {v['docs']} | {v['mean_length']:.0f} | {v['median_length']:.0f} | "
-                     f"{v['mean_distinct_ratio']:.3f} |")  # fmt: skip
-    if "heldout" in res:
-        lines += ["", "## Held-out (final checkpoints; read only here, never tuned on)", "",
-                  "| method | WikiText-103 test loss | BLiMP accuracy |", "|---|---|---|"]  # fmt: skip
-        for m, rows in res["heldout"].items():
-            w = aggregate([r["wikitext103_test"]["loss"] for r in rows])
-            bl = aggregate([r["blimp"]["accuracy"] for r in rows])
-            lines.append(f"| {m} | {_fmt(w)} | {_fmt(bl)} |")
-        cs = res.get("heldout_clean_share", {})
-        if cs:
-            lines += ["", "Share of documents from clean sources (held-out per-source labels), pool and selections:",
-                      "", "| seed/stage | pool | " + " | ".join(METHODS) + " |",
-                      "|---|---|" + "---|" * len(METHODS)]  # fmt: skip
-            for key, v in cs.items():
-                cells = [f"{v[m]['clean_share']:.3f}" if m in v else "-" for m in METHODS]
-                lines.append(f"| {key} | {v['pool']['clean_share']:.3f} | " + " | ".join(cells) + " |")
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs] + [""]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit("run examples/benchmark/run_benchmark.py")

@@ -1,34 +1,41 @@
 #!/usr/bin/env python
-"""Benchmark: random vs individual (MATES) vs quota-only vs group (Group-MATES) selection, x seeds.
+"""Evidence benchmark: Group-MATES vs random, MATES (individual), quota-only and a fastText quality filter,
+on a GPT trained compute-optimally (>= 20 tokens a parameter), x seeds; random also at larger budgets.
 
-    .venv/bin/python examples/benchmark/run_benchmark.py                 # 20k pool, 3 seeds (~1 h on 2 cores)
-    .venv/bin/python examples/benchmark/run_benchmark.py --pool 64k      # the whole bundled pool
-    .venv/bin/python examples/benchmark/run_benchmark.py --quick         # a short look (one seed, pool slice)
-    .venv/bin/python examples/benchmark/run_benchmark.py --heldout       # + held-out numbers in the final report
+    .venv/bin/python examples/benchmark/run_benchmark.py --out runs/evidence        # 64k pool, 3 seeds
+    .venv/bin/python examples/benchmark/run_benchmark.py --out runs/evidence --report-only --heldout \\
+        --results examples/benchmark/results/evidence                              # + held-out, committed
+    .venv/bin/python examples/benchmark/run_benchmark.py --quick --out runs/evidence_quick   # a short look
 
-Every method trains the same GPT with the same flags, tokens, steps and LR schedule over ``--stages``
-stages (stage 0 on a random selection, then one selection round before every later stage), all through
-tools/run_pipeline.py (one run folder per seed and method, each with its own state file: a rerun skips
-what is done). Shared within a seed: stage 0 (checkpoints, oracle store, influence model, i.e. the whole
-first round up to scoring) and the round-1 pool scores: ``group`` runs the pipeline with its random twin
-(``random``), ``individual`` and ``quota`` start from links to group's stage 0 and select round 1 from
-group's scores. From round 2 on every method collects its own oracle from its own checkpoint, trains its
-own influence model and scores the pool itself. Every saved checkpoint is evaluated with
-tools/evaluate.py (WikiText-103 validation reference loss; LAMBADA eval half after each stage). The report
-folder (OUT/report) holds report.md, PNG plots and results.json.
+Per seed (every run the same GPT, batch, WSD schedule and tokens; every stochastic choice from the seed):
+- stage 0 trains on the whole pool (random order) for ``first_share`` of the tokens; shared by all methods.
+- one selection round at its checkpoint: oracle (random + bootstrap trajectories on the reference half of
+  WikiText-103 validation), then per method a selection of ``ratio`` of the pool, and stage 1 on it:
+  group (relational model, cluster greedy), individual (its own model without the relation term,
+  Gumbel-top-k as MATES), quota (individual's scores, per-cluster quotas), fasttext (a classifier of the
+  reference half vs random pool documents, top share), random (a fresh uniform subset).
+- random again at larger token budgets (its own complete WSD schedule each, from the shared stage 0) for
+  token efficiency the paper's way.
+Every stage scores a fixed evaluation pack 20 times in-process (reference = the other half of WikiText-103
+validation, LAMBADA eval half, pool validation split). Rerunning the command resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import logging
+import math
 import os
-import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
+warnings.filterwarnings("ignore")  # Megatron's import-time notes about Apex and Transformer Engine
+logging.getLogger("megatron").setLevel(logging.WARNING)
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,59 +43,68 @@ sys.path.insert(0, str(HERE))
 
 from megatron_gm.errors import GMError, cli_main  # noqa: E402
 
-METHODS = ("random", "individual", "quota", "group")
+METHODS = ("random", "individual", "quota", "group", "fasttext")
 DATA = ROOT.parent / "shared" / "data"
-POOLS = {"20k": "pool_20k.jsonl.gz", "64k": "pool.jsonl.gz"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "runs" / "benchmark"), help="benchmark folder (resumable)")
-    p.add_argument("--pool", choices=tuple(POOLS), default="20k", help="bundled pool (default 20k)")
+    p.add_argument("--out", default=str(ROOT / "runs" / "evidence"), help="benchmark folder (resumable)")
+    p.add_argument("--pool", choices=("20k", "64k"), default="64k", help="bundled pool (default: all of it)")
     p.add_argument("--pool-file", default="", help="another jsonl[.gz] pool instead of the bundled one")
     p.add_argument("--data-dir", default=str(DATA), help="folder of the bundled data")
     p.add_argument("--seeds", type=int, default=None, help="seeds (default 3; --quick 1)")
-    p.add_argument("--stages", type=int, default=3, help="pretraining stages (stages - 1 selection rounds)")
-    p.add_argument("--quick", action="store_true", help="short look: pool slice, tiny model, one seed")
+    p.add_argument(
+        "--tokens-per-param", type=float, default=None, help="training tokens a parameter (20; --quick 3)"
+    )
+    p.add_argument("--budgets", default="1,1.5,2.5", help="random's token budgets, multiples of the methods'")
+    p.add_argument(
+        "--quick", action="store_true", help="short look: 2,000-document slice, tiny model, one seed"
+    )
     p.add_argument("--quick-docs", type=int, default=2000, help="--quick: documents of the pool slice")
-    p.add_argument("--set", action="append", default=[], help="extra run_pipeline --set (all runs)")
-    p.add_argument("--heldout", action="store_true", help="final report also reads ../shared/heldout")
+    p.add_argument("--set", action="append", default=[], help="extra run_pipeline --set for every run")
+    p.add_argument("--heldout", action="store_true", help="final report also reads the held-out sets")
     p.add_argument("--heldout-dir", default=str(ROOT.parent / "shared" / "heldout"), help="held-out folder")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from what is there")
+    p.add_argument("--results", default="", help="also copy results.json, report.md and PNGs to this folder")
     return p
 
 
-def pipeline_sets(quick: bool, seed: int, out: Path) -> tuple[str, list[str]]:
-    """(preset, --set list) shared by every method: equal model, tokens, steps and schedule.
-
-    Every run shares one frozen-encoder embedding cache: the pool is embedded once for the whole
-    benchmark, and each round only applies its own model's heads."""
-    seeds = [f"{k}.seed={seed}" for k in ("train", "oracle", "influence", "select")]
-    seeds.append(f"select.embed_cache={out / 'embeddings'}")
-    # the pipeline's oracle command lacks --gm-stage-iters, which collect_oracle needs from stage 1 on
-    iters = 30 if quick else 120
-    seeds.append(f"oracle.extra_args=--gm-stage-iters {iters}")
-    if quick:
-        return "test", seeds + [
-            f"train.stage_iters={iters}", "train.micro_batch_size=4", "train.global_batch_size=4",
-            "train.save_interval=10", "train.eval_interval=1000", "train.eval_iters=1", "train.lr=3e-3",
-            "train.warmup_iters=5", "oracle.trajectories=24", "oracle.traj_len=4", "oracle.ref_max_examples=8",
-            "influence.val_count=4", "select.num_clusters=4",
-        ]  # fmt: skip
-    return "tiny", seeds + [
-        f"train.stage_iters={iters}",
-        "train.save_interval=40",
-        "train.eval_interval=1000",
-        "oracle.trajectories=128",  # twice the quickstart's: the influence model is fitted on 1,280 labels
-    ]
+def settings(a) -> None:
+    """The scale: model, batch, stage split, oracle and evaluation sizes (``a`` gains the fields)."""
+    if a.quick:
+        a.model = dict(
+            num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=128, seq_length=64
+        )
+        a.vocab, a.gbs, a.lr, a.warmup = 1024, 8, 3e-3, 10
+        a.oracle = dict(trajectories=40, ref_max_examples=8, bootstrap_beams=4, bootstrap_probe_count=400)
+        a.val_count, a.eval_sizes = 10, {"reference": 64, "lambada": 100, "pool_valid": 64}
+        a.set = ["influence.train_batch_size=8", *a.set]
+    else:
+        a.model = dict(
+            num_layers=2, hidden_size=48, num_attention_heads=4, ffn_hidden_size=192, seq_length=128
+        )
+        a.vocab, a.gbs, a.lr, a.warmup = 4096, 32, 3e-3, 40
+        # 240 random + 60 bootstrap trajectories (T=10: 3,000 labels); 100 of them validate the influence model
+        a.oracle = dict(
+            trajectories=240, ref_max_examples=32, bootstrap_beams=30, bootstrap_probe_count=10000
+        )
+        a.val_count, a.eval_sizes = 100, {"reference": 128, "lambada": 500, "pool_valid": 128}
+    a.seq_length = a.model["seq_length"]
+    a.first_share, a.ratio, a.split = 1 / 3, 0.5, "98,2,0"
+    a.budget_list = [float(x) for x in a.budgets.split(",")]
+    if a.budget_list[0] != 1.0 or len(a.budget_list) < 3 or a.budget_list != sorted(a.budget_list):
+        raise GMError(f"--budgets {a.budgets}: start at 1 and give at least three ascending multiples")
 
 
 def run(cmd: list[str], log: Path | None = None) -> str:
+    """A repository tool (path relative to the root) with the project's python; its output to ``log``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2"}
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace")
+    argv = [py(), *cmd] if cmd[0].endswith(".py") else cmd
+    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, errors="replace")
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"{' '.join(cmd)}\n{p.stdout}\n{p.stderr}")
+        log.write_text(f"{' '.join(argv)}\n{p.stdout}\n{p.stderr}")
     if p.returncode != 0:
         errs = [x for x in (p.stderr + p.stdout).splitlines() if x.startswith("error:")]
         tail = "\n".join(errs[-3:] or (p.stdout + p.stderr).splitlines()[-15:])
@@ -101,171 +117,173 @@ def py() -> str:
     return str(venv if venv.exists() else sys.executable)
 
 
-# --- data ------------------------------------------------------------------------------------------------
+def iterations(a, data) -> tuple[int, int, int]:
+    """(params, stage-0 iterations, stage-1 iterations) for >= tokens_per_param tokens a parameter."""
+    from megatron_gm.pipeline.config import ModelConfig
+
+    params = ModelConfig(**a.model, vocab_size=data.vocab_size).params()
+    total = math.ceil(a.tokens_per_param * params / (a.gbs * a.seq_length))
+    first = round(total * a.first_share)
+    return params, first, total - first
 
 
-def prepare_data(a, out: Path) -> tuple[str, str]:
-    """Tokenizer + Megatron indexed pool under OUT/data (skipped when there). Returns (prefix, tokenizer)."""
-    pool = Path(a.pool_file) if a.pool_file else Path(a.data_dir) / POOLS[a.pool]
-    if not pool.is_file():
-        raise GMError(f"{pool}: pool not found; pass --data-dir <folder with {POOLS[a.pool]}> or --pool-file")
-    d = out / "data"
-    d.mkdir(parents=True, exist_ok=True)
-    if a.quick:
-        import gzip
-
-        sliced = d / f"pool_{a.quick_docs}.jsonl"
-        if not sliced.exists():
-            opener = gzip.open if str(pool).endswith(".gz") else open
-            with opener(pool, "rt") as f:
-                lines = [next(f) for _ in range(a.quick_docs)]
-            sliced.write_text("".join(lines))
-        pool = sliced
-    tok = d / "tokenizer.model"
-    if not tok.exists():
-        print(f"[bench] training the tokenizer on {pool}", flush=True)
-        run([py(), "tools/train_tokenizer.py", "--input", str(pool), "--model-prefix", str(d / "tokenizer"),
-             "--vocab-size", "4096" if a.quick else "8192", "--max-docs", "20000"], d / "tokenizer.log")  # fmt: skip
-    prefix = d / "pool_text_document"
-    if not Path(f"{prefix}.gm.json").exists():
-        print(f"[bench] preprocessing {pool}", flush=True)
-        run([py(), "tools/preprocess_data.py", "--input", str(pool), "--output-prefix", str(d / "pool"),
-             "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model", str(tok), "--append-eod",
-             "--workers", "2"], d / "preprocess.log")  # fmt: skip
-    return str(prefix), str(tok)
-
-
-# --- the runs --------------------------------------------------------------------------------------------
-
-
-def pipeline_argv(a, seed_dir: Path, method: str, prefix: str, tok: str, seed: int, ref: str) -> list[str]:
-    preset, sets = pipeline_sets(a.quick, seed, seed_dir.parent)
-    argv = ["--preset", preset, "--stages", str(a.stages), "--out", str(seed_dir / method),
-            "--data-path", prefix, "--tokenizer-model", tok, "--ref", ref,
-            "--random-twin" if method == "group" else "--no-random-twin"]  # fmt: skip
-    for s in [*sets, f"select.method={method}", *a.set]:
+def pipeline_argv(a, data, seed_dir: Path, seed: int) -> list[str]:
+    """group's run_pipeline.py arguments: the run every other method shares stage 0 and the oracle with."""
+    params, first, second = iterations(a, data)
+    sets = [f"model.{k}={v}" for k, v in a.model.items()] + [
+        f"model.vocab_size={data.vocab_size}", f"train.first_stage_iters={first}", f"train.stage_iters={second}",
+        f"train.micro_batch_size={a.gbs}", f"train.global_batch_size={a.gbs}", f"train.lr={a.lr}",
+        f"train.min_lr={a.lr / 10}", f"train.warmup_iters={a.warmup}", "train.lr_decay_style=WSD",
+        "train.wsd_cooldown=0.2", f"train.eval_pack={data.pack}", "train.eval_pack_points=20",
+        f"train.save_interval={max(1, (first + second) // 4)}", "train.eval_interval=100000", "train.eval_iters=1",
+        "train.log_interval=50", "train.extra_args=--hidden-dropout 0 --attention-dropout 0 --num-workers 0",
+        "oracle.traj_len=10", "oracle.extra_args=--gm-oracle-ref-seed 1234",
+        f"select.ratio={a.ratio}", f"select.embed_cache={Path(a.out) / 'embeddings'}",
+        f"influence.val_count={a.val_count}",
+    ] + [f"oracle.{k}={v}" for k, v in a.oracle.items()]  # fmt: skip
+    sets += [f"{k}.seed={seed}" for k in ("train", "oracle", "influence", "select")]
+    argv = ["--preset", "tiny", "--stages", "2", "--random-twin", "--out", str(seed_dir / "group"),
+            "--data-path", data.prefix, "--tokenizer-model", data.tokenizer, "--ref", data.ref_oracle]  # fmt: skip
+    for s in [*sets, *a.set]:
         argv += ["--set", s]
     return argv
 
 
-def share_round_one(a, seed_dir: Path, method: str, argv: list[str], prefix: str) -> None:
-    """Start ``method``'s run folder from group's stage 0 and select round 1 from group's scores.
+# --- the other methods: phases of their own, run with the pipeline's local executor -----------------------
 
-    Its config is group's (written by run_pipeline.py itself) with only the method and the twin changed,
-    so the pipeline accepts the folder as its own when it continues it."""
-    from megatron_gm.manifest import atomic_write_text
-    from megatron_gm.pipeline.config import PipelineConfig
-    from megatron_gm.pipeline.plan import build_plan, select_args
+
+def _phase(cfg, name: str, kind: str, args: list[str], deps: list[str], outputs: dict, *, tool: str = "",
+           launcher: str = "", marker: Path | None = None, env: dict | None = None):  # fmt: skip
+    from megatron_gm.pipeline.plan import TOOLS, Phase
+
+    known_tool, known_launcher, script = TOOLS.get(kind, (tool, launcher, ""))
+    launcher = launcher or known_launcher
+    L = cfg.launch
+    ranks = L.select_ranks if launcher == "mpi" else (L.nproc_per_node if launcher == "torchrun" else 1)
+    threads = (L.select_threads or L.threads) if launcher == "mpi" else L.threads
+    return Phase(name=name, kind=kind, stage=1, branch="main", tool=tool or known_tool, args=args, deps=deps,
+                 launcher=launcher, nodes=1, procs_per_node=ranks, threads=threads, time_limit="",
+                 script=script, outputs={k: str(v) for k, v in outputs.items()},
+                 complete_marker=str(marker) if marker else "", env=env or {})  # fmt: skip
+
+
+def _pretrain(cfg, name: str, d: Path, selection: Path, init: Path, deps: list[str], extra=()):
+    from megatron_gm.pipeline.plan import ckpt_env, pretrain_args
+
+    ck = d / "checkpoints"
+    args = [*pretrain_args(cfg, 1, ck, selection), *extra]
+    return _phase(cfg, name, "pretrain", args, deps, {"checkpoints": ck}, env=ckpt_env(cfg, 1, ck, init))
+
+
+def method_phases(cfg, seed_dir: Path, data, a) -> dict[str, list]:
+    """individual, quota, fasttext and random's larger budgets, from group's stage 0, stores and scores."""
+    from megatron_gm.pipeline.plan import embed_cache_dir, influence_args, select_args
+
+    g = seed_dir / "group"
+    stage0 = g / "stage0" / "checkpoints"
+    stores = [g / "stage0" / "oracle", g / "stage0" / "oracle_bootstrap"]
+    out: dict[str, list] = {}
+    d = seed_dir / "individual"
+    model, sel = d / "influence", d / "stage1" / "selection"
+    out["individual"] = [
+        _phase(cfg, "influence", "influence", [*influence_args(cfg, stores, model), "--no-relation"], [],
+               {"influence": model}, marker=model / "manifest.json"),
+        _phase(cfg, "select", "select", select_args(cfg, 1, sel, model=model, scores_from=None, method="individual",
+               embed_cache=embed_cache_dir(cfg, Path(a.out))), ["influence"], {"selection": sel},
+               marker=sel / "manifest.json"),
+        _pretrain(cfg, "pretrain", d / "stage1", sel, stage0, ["select"]),
+    ]  # fmt: skip
+    d, scores = seed_dir / "quota", Path(f"{sel}.scores")
+    sel = d / "stage1" / "selection"
+    out["quota"] = [
+        _phase(cfg, "select", "select", select_args(cfg, 1, sel, model=None, scores_from=scores, method="quota"),
+               [], {"selection": sel}, marker=sel / "manifest.json"),
+        _pretrain(cfg, "pretrain", d / "stage1", sel, stage0, ["select"]),
+    ]  # fmt: skip
+    d = seed_dir / "fasttext"
+    ft, sel = d / "scores", d / "stage1" / "selection"
+    ft_args = ["--data-path", data.prefix, "--positives", data.ref_oracle, "--h-from",
+               str(g / "stage1" / "selection.scores"), "--output", str(ft), "--seed", str(cfg.select.seed)]  # fmt: skip
+    out["fasttext"] = [
+        _phase(cfg, "filter", "filter", ft_args, [], {"scores": ft}, tool="tools/quality_filter.py",
+               launcher="single", marker=ft / "manifest.json"),
+        _phase(cfg, "select", "select", [*select_args(cfg, 1, sel, model=None, scores_from=ft, method="individual"),
+               "--gm-select-temperature", "0"], ["filter"], {"selection": sel}, marker=sel / "manifest.json"),
+        _pretrain(cfg, "pretrain", d / "stage1", sel, stage0, ["select"]),
+    ]  # fmt: skip
+    first, second = cfg.train.first_stage_iters, cfg.train.stage_iters
+    for b in a.budget_list[1:]:
+        cb = copy.deepcopy(cfg)
+        cb.train.stage_iters = round(b * (first + second)) - first
+        d = seed_dir / f"random_x{b:g}"
+        # WSD's constant phase does not depend on the total: the shared stage-0 checkpoint continues with a
+        # complete schedule of this budget (the scheduler takes the new total, not the checkpoint's)
+        out[f"random_x{b:g}"] = [
+            _pretrain(cb, "pretrain", d / "stage1", g / "random" / "stage1" / "selection", stage0, [],
+                      extra=["--override-opt_param-scheduler"])
+        ]  # fmt: skip
+    return out
+
+
+def run_phases(name: str, folder: Path, phases: list) -> None:
+    from megatron_gm.pipeline.local import LocalExecutor
     from megatron_gm.pipeline.state import RunState
 
-    d = seed_dir / method
-    saved = d / "config.json"
-    if not saved.exists():
-        cfg_dict = json.loads((seed_dir / "group" / "config.json").read_text())
-        cfg_dict["select"]["method"], cfg_dict["random_twin"] = method, False
-        (d / "logs").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n")
-    cfg = PipelineConfig.from_dict(json.loads(saved.read_text()))
-    state = RunState(d / "state.json")
-    if not (d / "stage0").exists():
-        (d / "stage0").symlink_to(Path("..") / "group" / "stage0")
-    stage0 = [ph.name for ph in build_plan(cfg, d) if ph.stage == 0 and ph.branch == "main"]
-    for name in stage0:  # pretrain, oracle, influence (+ the bootstrap round where configured)
-        if not state.is_done(name):
-            state.begin(name)
-            state.end(name, "done")  # shared: its cost is booked once, in group's run
-        log = d / "logs" / f"{name}.log"
-        if not log.exists() and not log.is_symlink():
-            log.symlink_to(Path("..") / ".." / "group" / "logs" / f"{name}.log")
-    sel = d / "stage1" / "selection"
-    if not (sel / "manifest.json").exists():
-        scores = seed_dir / "group" / "stage1" / "selection.scores"
-        args = select_args(cfg, 1, sel, model=None, scores_from=scores, method=method)
-        run([py(), "tools/select_data.py", *args], d / "logs" / "stage1.select.log")
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    state = RunState(folder / "state.json")
+    if all(state.is_done(p.name) for p in phases):
+        return
+    t0 = time.monotonic()
+    print(f"[bench] {name} ...", flush=True)
+    LocalExecutor(phases, state, folder / "logs", root=ROOT, python=py(), echo=lambda s: None).run()
+    print(f"[bench] {name} done in {time.monotonic() - t0:.0f} s", flush=True)
 
 
-def run_seed(a, out: Path, k: int, prefix: str, tok: str, ref: str) -> None:
+def run_seed(a, out: Path, k: int, data) -> None:
+    from megatron_gm.pipeline.config import PipelineConfig
+
     seed = 1234 + 1000 * k
     seed_dir = out / f"seed{k}"
-    for method in ("group", "individual", "quota"):
-        argv = pipeline_argv(a, seed_dir, method, prefix, tok, seed, ref)
-        if method != "group":
-            share_round_one(a, seed_dir, method, argv, prefix)
-        t0 = time.monotonic()
-        print(f"[bench] seed {k}: {method}{' (+ random twin)' if method == 'group' else ''} ...", flush=True)
-        run([py(), "tools/run_pipeline.py", *argv], seed_dir / f"{method}.pipeline.log")
-        print(f"[bench] seed {k}: {method} done in {time.monotonic() - t0:.0f} s", flush=True)
-
-
-def stage_dir(seed_dir: Path, method: str, stage: int) -> Path:
-    """``method``'s folder of a selected stage (>= 1): random is group's twin."""
-    return (seed_dir / "group" / "random" if method == "random" else seed_dir / method) / f"stage{stage}"
-
-
-def checkpoint_dirs(seed_dir: Path, method: str, stages: int) -> dict[int, Path]:
-    """Stage -> checkpoint folder of ``method`` (stage 0 is shared: group's)."""
-    dirs = {0: seed_dir / "group" / "stage0" / "checkpoints"}
-    for s in range(1, stages):
-        dirs[s] = stage_dir(seed_dir, method, s) / "checkpoints"
-    return dirs
-
-
-def evaluate_seed(a, out: Path, k: int, ref: str, lambada: str) -> None:
-    seed_dir = out / f"seed{k}"
-    done_dirs: set[Path] = set()
-    for method in METHODS:
-        for stage, ck in checkpoint_dirs(seed_dir, method, a.stages).items():
-            if ck in done_dirs:
-                continue
-            done_dirs.add(ck)
-            dest = seed_dir / "eval" / f"{'shared' if stage == 0 else method}_stage{stage}.json"
-            if dest.exists():
-                continue
-            print(f"[bench] seed {k}: evaluating {ck}", flush=True)
-            run([py(), "tools/evaluate.py", "--load", str(ck), "--gm-eval-ref", ref,
-                 "--gm-eval-ref-samples", "64" if a.quick else "256", "--gm-eval-prompts", lambada,
-                 "--gm-eval-prompts-max", "500" if a.quick else "0", "--gm-eval-prompts-latest-only", "--gm-eval-iterations", "all",
-                 "--gm-eval-output", str(dest)], seed_dir / "eval" / f"{dest.stem}.log")  # fmt: skip
+    group = seed_dir / "group"
+    t0 = time.monotonic()
+    print(f"[bench] seed {k}: group (+ stage 0, oracle, bootstrap, random twin) ...", flush=True)
+    log = seed_dir / f"group.pipeline.{time.strftime('%Y%m%dT%H%M%S')}.log"  # the pipeline skips done phases
+    run(["tools/run_pipeline.py", *pipeline_argv(a, data, seed_dir, seed)], log)
+    print(f"[bench] seed {k}: group done in {time.monotonic() - t0:.0f} s", flush=True)
+    cfg = PipelineConfig.from_dict(json.loads((group / "config.json").read_text()))
+    for method, phases in method_phases(cfg, seed_dir, data, a).items():
+        run_phases(f"seed {k}: {method}", seed_dir / method, phases)
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    if a.seeds is None:
-        a.seeds = 1 if a.quick else 3
-    if a.stages < 3:
-        raise GMError("--stages must be >= 3 (at least two selection rounds)")
+    a.seeds = a.seeds or (1 if a.quick else 3)
+    a.tokens_per_param = a.tokens_per_param or (3.0 if a.quick else 20.0)
+    settings(a)
     out = Path(a.out).resolve()
-    ref = str(Path(a.data_dir) / "ref_wikitext103_valid.jsonl.gz")
-    lambada = str(Path(a.data_dir) / "lambada_eval.jsonl.gz")
-    for f in (ref, lambada):
-        if not Path(f).is_file():
-            raise GMError(f"{f}: not found; pass --data-dir <folder with the bundled data>")
+    a.out = str(out)
     t_start = time.monotonic()
+    from prepare import prepare
+
+    data = prepare(run, a, out)
+    params, first, second = iterations(a, data)
+    selected_tokens = second * a.gbs * a.seq_length * a.budget_list[-1]
+    bench = {"argv": sys.argv[1:], "quick": a.quick, "seeds": a.seeds, "params": params, "stage_iters": [first, second],
+             "tokens_per_iteration": a.gbs * a.seq_length, "pool_tokens": data.pool_tokens, "pool_docs": data.pool_docs,
+             "budgets": a.budget_list, "data": vars(data)}  # fmt: skip
+    (out / "benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
+    print(f"[bench] GPT {params:,} parameters, {(first + second) * a.gbs * a.seq_length / params:.1f} tokens a "
+          f"parameter ({first}+{second} iterations of {a.gbs * a.seq_length} tokens); pool {data.pool_tokens:,} "
+          f"tokens, {data.pool_tokens / selected_tokens:.1f}x random's largest selected-stage budget", flush=True)  # fmt: skip
     if not a.report_only:
-        prefix, tok = prepare_data(a, out)
-        bench = {"argv": sys.argv[1:], "quick": a.quick, "pool": (a.pool_file or a.pool) + (f" (first {a.quick_docs} documents)" if a.quick else ""), "seeds": a.seeds,
-                 "stages": a.stages, "data_path": prefix, "tokenizer": tok}  # fmt: skip
-        (out / "benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
         for k in range(a.seeds):
-            run_seed(a, out, k, prefix, tok, ref)
-            evaluate_seed(a, out, k, ref, lambada)
+            run_seed(a, out, k, data)
     from report import write_report
 
-    path = write_report(out, a, heldout=a.heldout)
+    path = write_report(out, a, data, heldout=a.heldout, results_dir=a.results)
     print(f"[bench] report: {path} (wall {time.monotonic() - t_start:.0f} s this call)", flush=True)
     return 0
-
-
-def select_phase_seconds(log: Path) -> dict[str, float]:
-    """The selection tool's per-phase seconds (its summary line)."""
-    if not log.exists():
-        return {}
-    found = re.findall(r"seconds: (.*?); CPU-seconds", log.read_text(errors="replace"))
-    if not found:
-        return {}
-    parts = found[-1].split()
-    return {parts[i]: float(parts[i + 1]) for i in range(0, len(parts) - 1, 2)}
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from megatron_gm.influence.model import (
     encoder_hash,
 )
 from megatron_gm.manifest import Manifest, sha256_text
+from megatron_gm.stats import spearman_ci
 
 MODES = ("full", "fast")
 DEFAULT_LR = {"full": 5e-5, "fast": 1e-2}
@@ -241,6 +242,7 @@ class Run:
         pred = np.concatenate(gdist.gather_objects(local))
         y = self.prep.y[val]
         rho = float(spearmanr(pred.reshape(-1), y.reshape(-1)).statistic)
+        self.last_val = (pred, y)  # for the confidence interval of a new best
         return {
             "spearman": rho if np.isfinite(rho) else float("-inf"),
             "mse": float(np.mean((pred - y) ** 2)),
@@ -331,6 +333,8 @@ class Run:
                 metrics.update(step=step, epoch=epoch, alpha=model.alpha, tau=model.tau)
                 state["history"].append(metrics)
                 if metrics["spearman"] > state["best_spearman"]:
+                    lo, hi = spearman_ci(*self.last_val, n=500, seed=cfg.seed)  # resamples trajectories
+                    metrics["spearman_ci95"] = [lo, hi]
                     state["best_spearman"], state["best_step"] = (
                         metrics["spearman"],
                         step,

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 
 from megatron_gm.errors import GMError
+from megatron_gm.megatron import eval_hook
 
 GROUP_TITLE = "megatron-gm (Group-MATES data selection)"
 
@@ -66,7 +67,7 @@ def _stage_flags(group) -> None:
     )
 
 
-FLAG_SECTIONS: list[Callable] = [_stage_flags]
+FLAG_SECTIONS: list[Callable] = [_stage_flags, eval_hook.add_eval_flags]
 
 
 def add_gm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -275,3 +276,5 @@ def validate_gm_args(args, for_training: bool = True) -> None:
         args.gm_selection_digest = selection_digest(args.gm_selection)
     if args.gm_record_samples:
         args.gm_record_samples = os.path.abspath(args.gm_record_samples)
+    if for_training:
+        eval_hook.validate(args)

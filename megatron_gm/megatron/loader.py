@@ -27,6 +27,7 @@ import sys
 import numpy as np
 
 from megatron_gm.errors import GMError
+from megatron_gm.megatron import eval_hook
 from megatron_gm.megatron.args import add_gm_args, check_data_inputs, load_stage_selection, validate_gm_args
 from megatron_gm.megatron.signals import chain_worker_init
 
@@ -130,6 +131,7 @@ def checkpoint_and_decide_exit(*args, **kwargs):
 
     margs = get_args()
     iteration = kwargs["iteration"] if "iteration" in kwargs else args[3]
+    eval_hook.evaluate(kwargs["model"] if "model" in kwargs else args[0], iteration)
     end = getattr(margs, "gm_stage_end_iter", None)
     if end is None or iteration != end or end >= margs.train_iters:
         return _installed["exit"](*args, **kwargs)

@@ -50,6 +50,7 @@ class TrainConfig:
     """Pretraining: Megatron's own flags; every stage runs ``stage_iters`` iterations."""
 
     stage_iters: int = 100
+    first_stage_iters: int = 0  # stage 0's length (0: stage_iters), e.g. a short random warm-up stage
     micro_batch_size: int = 4
     global_batch_size: int = 8
     lr: float = 1e-3
@@ -60,7 +61,28 @@ class TrainConfig:
     eval_iters: int = 4
     log_interval: int = 10
     seed: int = 1234
+    # LR schedule over the whole run: "cosine", or "WSD" (warmup, constant, then a linear cooldown over the
+    # last ``wsd_cooldown`` share of the iterations). WSD's constant phase does not depend on the total, so a
+    # stage-0 checkpoint serves runs of any length (token budgets) with a complete schedule each.
+    lr_decay_style: str = "cosine"
+    wsd_cooldown: float = 0.2
+    # in-training evaluation (--gm-eval-pack): an eval pack scored at ``eval_pack_points`` evenly spaced
+    # iterations of every stage (and at its end)
+    eval_pack: str = ""
+    eval_pack_points: int = 20
     extra_args: list[str] = dataclasses.field(default_factory=list)
+
+    def stage_ends(self, stages: int) -> list[int]:
+        """The iteration at which each stage ends (the last one is the run's --train-iters)."""
+        first = self.first_stage_iters or self.stage_iters
+        return [first + k * self.stage_iters for k in range(stages)]
+
+    def stage_iters_flag(self, stages: int) -> str:
+        """``--gm-stage-iters``: the uniform length, or the stage boundaries when stage 0 differs."""
+        if not self.first_stage_iters:
+            return str(self.stage_iters)
+        # the list form ("F," for two stages): the stage after the last boundary runs to --train-iters
+        return ",".join(str(e) for e in self.stage_ends(stages)[:-1]) + ("," if stages <= 2 else "")
 
 
 @dataclasses.dataclass
@@ -170,6 +192,16 @@ class PipelineConfig:
             raise GMError("train.global_batch_size must be a multiple of train.micro_batch_size")
         if t.min_lr > t.lr:
             raise GMError(f"train.min_lr {t.min_lr} is above train.lr {t.lr}")
+        if t.first_stage_iters < 0:
+            raise GMError(
+                f"train.first_stage_iters must be >= 0 (0: train.stage_iters), got {t.first_stage_iters}"
+            )
+        if t.lr_decay_style not in ("cosine", "WSD"):
+            raise GMError(f"train.lr_decay_style must be cosine or WSD, got {t.lr_decay_style!r}")
+        if not 0 < t.wsd_cooldown <= 1:
+            raise GMError(f"train.wsd_cooldown must be in (0, 1], got {t.wsd_cooldown}")
+        if t.eval_pack_points < 1:
+            raise GMError(f"train.eval_pack_points must be >= 1, got {t.eval_pack_points}")
         return self
 
     # --- (de)serialisation --------------------------------------------------------------------------

@@ -86,26 +86,38 @@ def _megatron_model_args(cfg: PipelineConfig) -> list[str]:
     return [*cfg.model.args(), *_data_args(cfg), "--seed", str(cfg.train.seed)]
 
 
+def schedule_args(cfg: PipelineConfig, total: int) -> list[str]:
+    """Megatron's LR-schedule flags for a run of ``total`` iterations."""
+    t = cfg.train
+    args = ["--lr-decay-style", t.lr_decay_style, "--lr-decay-iters", str(total)]
+    if t.lr_decay_style == "WSD":
+        cooldown = max(1, round(t.wsd_cooldown * total))
+        args += ["--lr-wsd-decay-style", "linear", "--lr-wsd-decay-iters", str(cooldown)]
+    return args + ["--lr-warmup-iters", str(t.warmup_iters)]
+
+
 def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path | None) -> list[str]:
     t = cfg.train
-    total = cfg.stages * t.stage_iters
+    total = t.stage_ends(cfg.stages)[-1]
     args = [
         *_megatron_model_args(cfg),
         "--micro-batch-size", str(t.micro_batch_size),
         "--global-batch-size", str(t.global_batch_size),
         "--train-iters", str(total),
         "--lr", str(t.lr), "--min-lr", str(t.min_lr),
-        "--lr-decay-style", "cosine", "--lr-decay-iters", str(total), "--lr-warmup-iters", str(t.warmup_iters),
+        *schedule_args(cfg, total),
         "--weight-decay", "0.1", "--clip-grad", "1.0",
         "--split", "98,2,0",
         "--save", str(ckpt), "--save-interval", str(t.save_interval),
         "--eval-interval", str(t.eval_interval), "--eval-iters", str(t.eval_iters),
         "--log-interval", str(t.log_interval),
         "--exit-signal-handler",
-        "--gm-stage", str(stage), "--gm-stage-iters", str(t.stage_iters),
+        "--gm-stage", str(stage), "--gm-stage-iters", t.stage_iters_flag(cfg.stages),
     ]  # fmt: skip
     if selection is not None:
         args += ["--gm-selection", str(selection)]
+    if t.eval_pack:
+        args += ["--gm-eval-pack", t.eval_pack, "--gm-eval-points", str(t.eval_pack_points)]
     return args + list(t.extra_args)
 
 
@@ -153,9 +165,8 @@ def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path) -> list[str]:
         "--model", str(model), "--data-path", cfg.data_path, "--output", str(out),
         "--T", str(o.traj_len), "--width", str(o.bootstrap_width), "--beams-per-tail", str(o.bootstrap_beams),
         "--tails", "both", "--seed", str(o.seed), "--threads", str(cfg.launch.threads), "--no-progress",
+        "--probe-count", str(o.bootstrap_probe_count),  # always: 0 means the whole pool, not the tool's default
     ]  # fmt: skip
-    if o.bootstrap_probe_count:
-        args += ["--probe-count", str(o.bootstrap_probe_count)]
     return args
 
 
@@ -201,7 +212,7 @@ def ckpt_env(cfg: PipelineConfig, stage: int, ckpt: Path, init: Path | None) -> 
     return {
         "GM_CKPT_DIR": str(ckpt),
         "GM_INIT_CKPT": str(init) if init else "",
-        "GM_EXPECT_ITER": str((stage + 1) * cfg.train.stage_iters),
+        "GM_EXPECT_ITER": str(cfg.train.stage_ends(cfg.stages)[stage]),
     }
 
 

@@ -10,6 +10,9 @@ Every method first needs the clusters: the budget of a run is ``round(ratio * N)
   with probabilities proportional to exp(-s / T).
 - ``random``: over the whole pool, a uniform sample of the budget's size without replacement.
 
+The selection tool draws every stochastic choice from ``draw_seed(seed, stage)``, so each round gets a
+fresh random subset (and fresh k-means initialisation) while a rerun of the same stage is identical.
+
 ``individual`` and ``random`` are global, as in MATES; they match ``group``'s total count exactly, not its
 per-cluster counts. Ties go to the lowest document index everywhere.
 """
@@ -33,6 +36,12 @@ STREAM_KMEANS, STREAM_INDIVIDUAL, STREAM_RANDOM = 1, 2, 3
 
 def rng_for(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), stream])
+
+
+def draw_seed(seed: int, stage: int) -> int:
+    """The seed every stochastic choice of stage ``stage`` draws from (k-means sample and init, Gumbel,
+    random): a fresh subset each round, the same one for the same (seed, stage). Fits faiss' int32."""
+    return int(np.random.SeedSequence([int(seed), int(stage)]).generate_state(1)[0] % (2**31 - 1))
 
 
 def exact_ratio(ratio: float) -> Fraction:

@@ -29,6 +29,7 @@ from megatron_gm.selection.methods import (
     METHODS,
     PER_CLUSTER,
     cluster_quotas,
+    draw_seed,
     select_in_cluster,
     select_individual,
     select_random,
@@ -67,6 +68,11 @@ class SelectConfig:
     device: str = "auto"  # scoring: "auto" = this rank's GPU if there is one, else CPU; or "cpu"
     overwrite: bool = False
     progress: bool = True
+
+    @property
+    def draw_seed(self) -> int:
+        """What k-means, Gumbel and random draw from: (seed, stage), so each round draws afresh."""
+        return draw_seed(self.seed, self.stage)
 
     def validate(self) -> SelectConfig:
         if self.method not in METHODS:
@@ -334,10 +340,12 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     # 2. centroids on rank 0, broadcast
 
     def centroids() -> np.ndarray:
-        sample = kmeans_sample(plan.num_docs, plan.num_clusters, cfg.seed, cfg.kmeans_points_per_centroid)
+        sample = kmeans_sample(
+            plan.num_docs, plan.num_clusters, cfg.draw_seed, cfg.kmeans_points_per_centroid
+        )
         x, _ = read_rows(shards, scfg, sample)
         return train_centroids(
-            x, plan.num_clusters, seed=cfg.seed, niter=cfg.kmeans_iters, threads=cfg.threads
+            x, plan.num_clusters, seed=cfg.draw_seed, niter=cfg.kmeans_iters, threads=cfg.threads
         )
 
     cents = comm.root_then_bcast(centroids)
@@ -464,9 +472,9 @@ def select_my_clusters(cfg, comm, plan, shards, labels, sizes, quotas) -> np.nda
 
 def select_global(cfg: SelectConfig, plan: Plan, shards: ShardSet, budget: int) -> np.ndarray:
     if cfg.method == "random":
-        return select_random(plan.num_docs, budget, cfg.seed)
+        return select_random(plan.num_docs, budget, cfg.draw_seed)
     _, s = read_rows(shards, plan.scores.config, np.arange(plan.num_docs), need_h=False)
-    return select_individual(s, budget, cfg.temperature, cfg.seed)
+    return select_individual(s, budget, cfg.temperature, cfg.draw_seed)
 
 
 def selection_manifest(cfg: SelectConfig, plan: Plan, num_selected: int) -> Manifest:
