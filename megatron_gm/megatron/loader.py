@@ -104,7 +104,8 @@ def check_inputs(args) -> None:
 def run_gm_validation(args, check=None) -> None:
     """``check(args)`` (default validate_gm_args) with a one-line error and exit code 2, no traceback.
 
-    Every rank checks (the checks only read files); only rank 0 prints, so the line appears once.
+    Every rank checks (the checks only read files); the first rank of each node prints, so on one node
+    the line appears once, and a node that sees other files than the first one still says why.
     """
     try:
         if check is None:
@@ -116,8 +117,8 @@ def run_gm_validation(args, check=None) -> None:
 
 
 def fail(error: GMError) -> None:
-    """Print ``error: ...`` once (rank 0, or every rank when ranks are unknown) and exit 2."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    """Print ``error: ...`` on the node's first rank (a lone process counts as one) and exit 2."""
+    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(2)
 

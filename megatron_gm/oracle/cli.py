@@ -447,5 +447,10 @@ def run(argv: list[str]) -> dict:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    run(list(sys.argv[1:] if argv is None else argv))
+    try:
+        run(list(sys.argv[1:] if argv is None else argv))
+    except GMError:
+        if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # every rank of the node has the same error
+            sys.exit(2)
+        raise
     return 0
