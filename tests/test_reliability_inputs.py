@@ -137,6 +137,8 @@ CASES = {
                                 ("a.bin",)),
     "bin_byte_changed_at_end": ("select", lambda w, t: _score(w, _damaged_pool(
         w, t, lambda p: flip_byte(Path(f"{p}.bin")))), ("a.bin/.idx",)),
+    "bin_byte_changed_in_the_middle": ("select", lambda w, t: _score(w, _damaged_pool(
+        w, t, lambda p: flip_byte(Path(f"{p}.bin"), 30000))), ("a.bin/.idx",)),
     "sidecar_of_another_pool": ("select", lambda w, t: _score(w, _damaged_pool(
         w, t, lambda p: shutil.copyfile(w / "c.gm.json", f"{p}.gm.json"))), ("a.gm.json",)),
     "sidecar_not_json": ("select", lambda w, t: _score(w, _damaged_pool(

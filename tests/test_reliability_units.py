@@ -19,7 +19,7 @@ from megatron_gm.procs import lock_output, lock_path, release_output
 from megatron_gm.selection.artifact import load_selection, save_selection
 from megatron_gm.selection.quotas import largest_remainder_quotas
 from megatron_gm.shards import ShardSet
-from tests.reliability_fixtures import ROOT, LockHolder, truncate
+from tests.reliability_fixtures import ROOT, LockHolder, flip_byte, truncate
 
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": 64}
 
@@ -38,6 +38,21 @@ def test_sidecar_records_sizes_largest_token_and_quick_hash(tmp_path):
     missing = {**SPEC, "type": "GPTSentencePieceTokenizer", "model": str(tmp_path / "nope.model")}
     with pytest.raises(GMError, match="nope.model: tokenizer model not found"):
         write_indexed_dataset(tmp_path / "r", [[1]], tokenizer=missing, source="t")
+
+
+def test_a_change_the_quick_hash_cannot_see_is_caught_by_the_full_check(tmp_path, monkeypatch):
+    from megatron_gm.data import indexed
+
+    monkeypatch.setattr(indexed, "_QUICK_BLOCK", 16)  # the quick hash reads 16 bytes at each end
+    write_indexed_dataset(tmp_path / "p", [list(range(60))] * 4, tokenizer=SPEC, source="t")
+    flip_byte(tmp_path / "p.bin", 200)  # byte 200 of 480: outside both ends
+    monkeypatch.setattr(indexed, "FULL_CHECK_BYTES", 0)  # a large dataset: the quick check only
+    info = load_dataset_info(tmp_path / "p")
+    with pytest.raises(GMError, match="p.bin/.idx: fingerprint differs from p.gm.json's"):
+        indexed.check_dataset_files(info, full=True)  # --gm-verify-data full
+    monkeypatch.setattr(indexed, "FULL_CHECK_BYTES", 64 << 20)  # a small one: always in full
+    with pytest.raises(GMError, match="fingerprint differs"):
+        load_dataset_info(tmp_path / "p")
 
 
 def test_moved_dataset_is_checked_where_it_is(tmp_path):

@@ -36,6 +36,7 @@ _IDX_MAGIC = b"MMIDIDX\x00\x00"
 _IDX_HEAD = 34  # magic (9) + version (8) + dtype code (1) + sequence count (8) + document count (8)
 _DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float64", 7: "float32", 8: "uint16"}
 _QUICK_BLOCK = 1 << 20
+FULL_CHECK_BYTES = 64 << 20  # datasets up to this size are rehashed in full at every check (~0.1 s)
 
 
 @dataclasses.dataclass
@@ -161,8 +162,9 @@ class DatasetInfo:
 def check_dataset_files(info: DatasetInfo, full: bool = False) -> IdxLayout:
     """The .bin/.idx at ``info.prefix`` are the ones the sidecar describes (GMError naming the file if not).
 
-    Cheap by default (the index header, both sizes, the first and last MiB); ``full`` also recomputes
-    the fingerprint over every byte. A sidecar from before sizes were recorded gets the structural check.
+    Cheap by default (the index header, both sizes, the first and last MiB); ``full``, and any dataset
+    under ``FULL_CHECK_BYTES``, also recomputes the fingerprint over every byte. A sidecar from before
+    sizes were recorded gets the structural check.
     """
     prefix = info.prefix
     layout = read_idx_layout(prefix)
@@ -181,6 +183,7 @@ def check_dataset_files(info: DatasetInfo, full: bool = False) -> IdxLayout:
         raise GMError(
             f"{prefix}.bin/.idx: not the files {sidecar_path(prefix).name} describes (contents differ); {fix}"
         )
+    full = full or layout.bin_bytes + layout.idx_bytes <= FULL_CHECK_BYTES
     if full and compute_fingerprint(prefix) != info.fingerprint:
         raise GMError(f"{prefix}.bin/.idx: fingerprint differs from {sidecar_path(prefix).name}'s; {fix}")
     return layout
