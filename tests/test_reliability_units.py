@@ -147,7 +147,7 @@ loader = torch.utils.data.DataLoader(list(range(64)), batch_size=4, num_workers=
 if sys.argv[1] == "chained":
     chain_worker_init(loader)
 it = iter(loader)
-next(it)
+next(it), next(it)  # one batch from each worker: both have run their worker_init_fn
 w0, w1 = it._workers
 os.system(f"kill -TERM {w1.pid}")  # from another process (a preemption): ignored either way
 os.kill(w0.pid, signal.SIGTERM)  # from the training process (shutdown, exit): must end the worker
