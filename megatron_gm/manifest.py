@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, prefix: str = "") -> list[Path]:
+    """Delete ``.{name}.tmp<pid>`` files that ``atomic_write_bytes`` left in ``folder`` when killed.
+
+    Only names starting with ``prefix`` and only those of processes that are gone (or of this one);
+    a live writer's temporaries stay. Call it once when (re)opening an output, not per write.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMPORARY.fullmatch(p.name)
+        if m and m["name"].startswith(prefix) and p.is_file() and not pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process counts as gone: its old temporaries are stale)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

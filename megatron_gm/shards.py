@@ -1,21 +1,30 @@
 """Rank-addressable shards with completion markers (in the manner of datatrove).
 
 A ``ShardSet`` is a folder of ``num_shards`` shards. Shard ``i`` is written by whichever rank owns it
-(``i % world_size == rank``), as ``shard-{i:05d}.npz`` plus an empty ``shard-{i:05d}.done`` marker
-written last. A rerun after a kill skips shards whose marker exists, so work is idempotent and nothing
-finished is redone. Shards hold numpy arrays only (``np.load(..., allow_pickle=False)``).
+(``i % world_size == rank``), as ``shard-{i:05d}.npz`` plus a ``shard-{i:05d}.done`` marker written
+last. The marker records the size and sha256 of the shard it vouches for. A rerun after a kill skips
+shards whose marker exists and whose size matches it, so work is idempotent and nothing finished is
+redone, while a shard cut short after its marker was written is redone. Reading a shard checks its
+checksum; on a mismatch the marker is withdrawn (so the rerun redoes that shard only) and the read is a
+one-line error. Shards hold numpy arrays only (``np.load(..., allow_pickle=False)``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import Manifest, atomic_write_bytes
+from megatron_gm.manifest import Manifest, atomic_write_bytes, remove_stale_temporaries
+
+log = logging.getLogger(__name__)
 
 
 class ShardSet:
@@ -44,6 +53,7 @@ class ShardSet:
         because every rank writes the same manifest.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder)  # shards and markers a killed writer left half-renamed
         if self.manifest_path.exists():
             old = Manifest.load(self.manifest_path)
             if old.digest() != manifest.digest():
@@ -58,8 +68,30 @@ class ShardSet:
     def owned(self, rank: int, world_size: int) -> list[int]:
         return list(range(rank, self.num_shards, world_size))
 
+    def record(self, i: int) -> dict | None:
+        """The marker's record ``{"bytes", "sha256"}``; None without a marker, ``{}`` for an old empty one."""
+        try:
+            text = self.marker(i).read_text()
+        except FileNotFoundError:
+            return None
+        if not text.strip():
+            return {}  # written before markers held a checksum: trusted as before
+        try:
+            rec = json.loads(text)
+            return rec if isinstance(rec, dict) else {"bytes": -1}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {"bytes": -1}  # a damaged marker vouches for nothing
+
     def is_done(self, i: int) -> bool:
-        return self.marker(i).exists() and self.path(i).exists()
+        """The marker exists and the shard has the size it records (cheap: no read of the shard)."""
+        rec = self.record(i)
+        if rec is None:
+            return False
+        try:
+            size = self.path(i).stat().st_size
+        except FileNotFoundError:
+            return False
+        return "bytes" not in rec or rec["bytes"] == size
 
     def pending(self, rank: int = 0, world_size: int = 1) -> list[int]:
         return [i for i in self.owned(rank, world_size) if not self.is_done(i)]
@@ -70,14 +102,43 @@ class ShardSet:
     def write(self, i: int, **arrays: np.ndarray) -> None:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        atomic_write_bytes(self.path(i), buf.getvalue())
-        atomic_write_bytes(self.marker(i), b"")
+        data = buf.getvalue()
+        atomic_write_bytes(self.path(i), data)
+        rec = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write_bytes(self.marker(i), (json.dumps(rec) + "\n").encode())
 
     def read(self, i: int) -> dict[str, np.ndarray]:
         if not self.is_done(i):
+            if self.marker(i).exists():
+                self._withdraw(i)
+                raise GMError(
+                    f"{self.path(i)}: missing or not the size its .done marker records (truncated?); "
+                    "rerun the phase to redo this shard"
+                )
             raise GMError(f"{self.path(i)}: shard is not complete; rerun the phase to finish it")
-        with np.load(self.path(i), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        data = self.path(i).read_bytes()
+        want = (self.record(i) or {}).get("sha256")
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            self._withdraw(i)
+            raise GMError(
+                f"{self.path(i)}: checksum differs from its .done marker (changed after writing); "
+                "rerun the phase to redo this shard"
+            )
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise GMError(
+                f"{self.path(i)}: unreadable shard ({e}); delete it and its .done marker, rerun"
+            ) from e
+
+    def _withdraw(self, i: int) -> None:
+        """Remove the marker of a shard it no longer vouches for, so that a rerun redoes the shard."""
+        try:
+            self.marker(i).unlink()
+            log.warning("%s: withdrew the marker of a damaged shard", self.marker(i))
+        except OSError:
+            pass
 
     def read_all(self) -> list[dict[str, np.ndarray]]:
         missing = [i for i in range(self.num_shards) if not self.is_done(i)]

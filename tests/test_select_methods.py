@@ -24,9 +24,14 @@ def synthetic(n=600, d=16, topics=6, seed=0):
     return h, s
 
 
-def test_quota_is_the_floor_of_the_typed_ratio():
-    assert cluster_quotas(np.array([100, 10, 3, 1, 0]), 0.29).tolist() == [29, 2, 0, 0, 0]
-    assert cluster_quotas(np.array([7, 8]), 0.5).tolist() == [3, 4]
+def test_quotas_are_largest_remainders_of_the_typed_ratio():
+    # 0.29 * 114 = 33.06 -> 33: floors 29+2 = 31, the two largest remainders (.9, .87) get one more
+    assert cluster_quotas(np.array([100, 10, 3, 1, 0]), 0.29).tolist() == [29, 3, 1, 0, 0]
+    # 7.5 rounds up to 8; tied remainders go to the lower cluster
+    assert cluster_quotas(np.array([7, 8]), 0.5).tolist() == [4, 4]
+    assert cluster_quotas(np.array([1, 1, 1]), 0.5).tolist() == [1, 1, 0]
+    # the case: as many clusters as documents would have selected nothing with floors
+    assert cluster_quotas(np.array([2] * 5000 + [1] * 9999), 0.5).sum() == 10000  # round(0.5 * 19999)
     assert cluster_quotas(np.array([7, 8]), 1.0).tolist() == [7, 8]
     assert cluster_quotas(np.array([10]), 0.7).tolist() == [7]
 

@@ -62,7 +62,7 @@ def test_more_clusters_than_documents(scores, tmp_path):
 
 
 def test_ratio_too_small_for_the_clusters_selects_nothing(scores, tmp_path):
-    proc = select(scores, tmp_path / "out", "--gm-select-ratio", "0.001")
+    proc = select(scores, tmp_path / "out", "--gm-select-ratio", "0.0005")
     assert proc.returncode == 2 and "selects nothing" in error_line(proc)
     assert not (tmp_path / "out").exists()
 
@@ -75,7 +75,7 @@ def test_existing_output_is_refused_then_replaced_only_with_overwrite(scores, tm
     assert proc.returncode == 2 and "exists; pass --overwrite" in error_line(proc)
     assert snapshot(out) == before
     # --overwrite, but the run fails late (after clustering): the old selection stays as it was
-    proc = select(scores, out, "--overwrite", "--gm-select-ratio", "0.001", ranks=2)
+    proc = select(scores, out, "--overwrite", "--gm-select-ratio", "0.0005", ranks=2)
     assert proc.returncode != 0 and "selects nothing" in error_line(proc)
     assert snapshot(out) == before
     # --overwrite and success: replaced, no temporary folders left behind (nor those of a killed run)

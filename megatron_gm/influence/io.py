@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from megatron_gm.influence.model import (
     encoder_hash,
     load_encoder,
 )
-from megatron_gm.manifest import Manifest, atomic_write_text
+from megatron_gm.manifest import Manifest, atomic_write_text, pid_alive
 
 FORMAT_VERSION = 1
 KIND = "influence_model"
@@ -45,15 +46,46 @@ def save_influence_model(
     metrics: dict | None = None,
 ) -> Path:
     """Write the model folder via a temporary sibling, then swap it in (readers never see half a model)."""
-    from safetensors.torch import save_file
 
     if manifest.kind != KIND:
         raise GMError(f"{folder}: influence model manifest must have kind {KIND!r}, got {manifest.kind!r}")
     folder = Path(folder)
+    remove_stale_siblings(folder)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        _write_model(tmp, model, manifest, fine_tuned, label_mean, label_std, metrics)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder
+
+
+def remove_stale_siblings(folder: Path) -> None:
+    """Delete ``.{name}.tmp<pid>``/``.{name}.old<pid>`` left next to ``folder`` by a killed process."""
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.(tmp|old)(\d+)")
+    if not folder.parent.is_dir():
+        return
+    for p in folder.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and not pid_alive(int(m.group(2))):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _write_model(tmp, model, manifest, fine_tuned, label_mean, label_std, metrics) -> None:
+    from safetensors.torch import save_file
+
     heads = model.heads
     tensors = {
         "head.weight": heads.head.weight.detach().float().cpu().contiguous(),
@@ -82,13 +114,6 @@ def save_influence_model(
     if metrics is not None:
         atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     manifest.save(tmp / "manifest.json")
-    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        shutil.rmtree(old)
-    return folder
 
 
 def read_model_config(folder: str | os.PathLike) -> dict:

@@ -57,6 +57,14 @@ def _stage_flags(group) -> None:
         default=True,
         help="Refuse a selection whose manifest names another dataset fingerprint than --data-path's.",
     )
+    group.add_argument(
+        "--gm-verify-data",
+        choices=("quick", "full", "off"),
+        default="quick",
+        help="Check every --data-path prefix before Megatron starts: 'quick' compares the .bin/.idx with their "
+        "sidecar (sizes, first and last MiB, token ids within the vocabulary, tokenizer file hash); 'full' "
+        "also rehashes every byte; 'off' skips it.",
+    )
 
 
 FLAG_SECTIONS: list[Callable] = [_stage_flags, eval_hook.add_eval_flags]
@@ -174,6 +182,42 @@ def load_stage_selection(args):
         num_docs=info.num_docs,
     )
     return docs, manifest
+
+
+def dataset_prefixes(args) -> list[str]:
+    """Every indexed-dataset prefix the run reads (--data-path and the per-split paths, weights dropped)."""
+    out: list[str] = []
+    for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+        for p in getattr(args, name, None) or []:
+            if not _is_number(p) and p not in out:
+                out.append(p)
+    return out
+
+
+def check_data_inputs(args) -> None:
+    """Before Megatron starts: each dataset's files are whole and match its sidecar and the tokenizer.
+
+    Without a sidecar (a dataset not written by our tools) only the .idx/.bin agreement is checked.
+    """
+    from megatron_gm.data.indexed import (
+        check_dataset_files,
+        check_tokenizer,
+        load_dataset_info,
+        read_idx_layout,
+        sidecar_path,
+    )
+
+    mode = getattr(args, "gm_verify_data", "quick")
+    if mode == "off" or getattr(args, "mock_data", False):
+        return
+    null = getattr(args, "tokenizer_type", None) == "NullTokenizer"
+    for prefix in dataset_prefixes(args):
+        if not sidecar_path(prefix).exists():
+            read_idx_layout(prefix)
+            continue
+        info = load_dataset_info(prefix, check=False)
+        check_dataset_files(info, full=mode == "full")
+        check_tokenizer(info, getattr(args, "tokenizer_model", None), args.vocab_size if null else None)
 
 
 def _check_idx_matches(prefix: str, num_docs: int) -> None:

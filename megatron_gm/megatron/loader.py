@@ -28,7 +28,8 @@ import numpy as np
 
 from megatron_gm.errors import GMError
 from megatron_gm.megatron import eval_hook
-from megatron_gm.megatron.args import add_gm_args, load_stage_selection, validate_gm_args
+from megatron_gm.megatron.args import add_gm_args, check_data_inputs, load_stage_selection, validate_gm_args
+from megatron_gm.megatron.signals import chain_worker_init
 
 _installed: dict = {}
 _mode = {"for_training": True}  # runtime.py sets False: loading a stage in-process needs no --save
@@ -36,6 +37,9 @@ _mode = {"for_training": True}  # runtime.py sets False: loading a stage in-proc
 
 def install(cpu_shim: bool | None = None) -> None:
     """Patch Megatron (idempotent). ``cpu_shim``: None = activate it when CUDA is unavailable."""
+    from megatron_gm.procs import die_with_launcher
+
+    die_with_launcher()  # no worker outlives a killed torchrun
     if cpu_shim is None or cpu_shim:
         from megatron_gm.megatron import cpu_shim as shim
 
@@ -58,6 +62,7 @@ def install(cpu_shim: bool | None = None) -> None:
 
     @functools.wraps(arguments.validate_args)
     def validate_args(args, defaults={}):  # noqa: B006 - Megatron's signature
+        run_gm_validation(args, check_inputs)  # before Megatron's checks and its argument dump
         out = _installed["validate_args"](args, defaults)
         run_gm_validation(args)
         return out
@@ -85,13 +90,37 @@ def compile_dependencies() -> None:
     torch.distributed.barrier()
 
 
-def run_gm_validation(args) -> None:
-    """validate_gm_args with a one-line error and exit code 2 instead of a traceback."""
+def check_inputs(args) -> None:
+    """Before Megatron starts: the data files, and (training) the lock of the --save folder."""
+    from megatron_gm.procs import lock_output
+
+    check_data_inputs(args)
+    if getattr(args, "gm_selection", None):
+        load_stage_selection(args)  # whole and made for --data-path (validate_gm_args uses it after)
+    if _mode["for_training"] and getattr(args, "save", None):
+        lock_output(args.save, "checkpoints (--save)")
+
+
+def run_gm_validation(args, check=None) -> None:
+    """``check(args)`` (default validate_gm_args) with a one-line error and exit code 2, no traceback.
+
+    Every rank checks (the checks only read files); the first rank of each node prints, so on one node
+    the line appears once, and a node that sees other files than the first one still says why.
+    """
     try:
-        validate_gm_args(args, for_training=_mode["for_training"])
+        if check is None:
+            validate_gm_args(args, for_training=_mode["for_training"])
+        else:
+            check(args)
     except GMError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        fail(e)
+
+
+def fail(error: GMError) -> None:
+    """Print ``error: ...`` on the node's first rank (a lone process counts as one) and exit 2."""
+    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 # -- stage boundary ---------------------------------------------------------------------------
@@ -130,6 +159,13 @@ def build_pretraining_data_loader(dataset, consumed_samples):
     from megatron.training import get_args
 
     args = get_args()
+    loader = _build_loader(dataset, consumed_samples, args)
+    if loader is not None:  # workers must die when this process ends them (megatron/signals.py)
+        chain_worker_init(getattr(loader, "loader", loader), getattr(args, "exit_signal", None))
+    return loader
+
+
+def _build_loader(dataset, consumed_samples, args):
     original = _installed["loader"]
     if dataset is None or not _is_train_split(dataset):
         return original(dataset, consumed_samples)

@@ -83,7 +83,7 @@ def _inspect_dist(path: str, meta: str) -> CheckpointInfo:
         backend = json.load(open(meta)).get("sharded_backend")
         common = dist_checkpointing.load_common_state_dict(path)
     except Exception as e:  # noqa: BLE001 - any read failure is a corrupt checkpoint to the user
-        raise GMError(f"{path}: unreadable distributed checkpoint ({e})") from e
+        raise GMError(f"{path}: unreadable distributed checkpoint ({_first_line(e)}); check --load") from e
     has_opt = "optimizer" in common
     if has_opt and backend == "torch_dist":
         from torch.distributed.checkpoint import FileSystemReader
@@ -101,10 +101,12 @@ def _inspect_legacy(path: str) -> CheckpointInfo:
     files = sorted(glob.glob(os.path.join(path, "mp_rank_*", "model_optim_rng.pt")))
     if not files:
         raise GMError(f"{path}: neither a distributed nor a legacy Megatron checkpoint; check --load")
-    try:
-        sd = torch.load(files[0], map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise GMError(f"{files[0]}: unreadable checkpoint ({e})") from e
+    import megatron.core  # noqa: F401 - registers Megatron's checkpoint classes as safe to unpickle
+
+    try:  # weights_only: a checkpoint file never runs code here (only tensors and allow-listed types)
+        sd = torch.load(files[0], map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, foreign or holding types outside the allow-list
+        raise GMError(f"{files[0]}: unreadable checkpoint ({_first_line(e)}); check --load") from e
     return CheckpointInfo(
         path, sd.get("iteration"), sd.get("args"), "optimizer" in sd, "opt_param_scheduler" in sd
     )
@@ -117,3 +119,9 @@ def require_optimizer_state(info: CheckpointInfo) -> None:
             f"{info.path}: checkpoint has no {missing}; the oracle probes with the Adam moments, step and LR "
             "schedule of the stage checkpoint: use a checkpoint saved without --no-save-optim"
         )
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one short line (torch's messages run over many)."""
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(e).__name__

@@ -24,6 +24,7 @@ from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REF = ROOT.parent / "shared" / "data" / "ref_wikitext103_valid.jsonl.gz"
+MIN_REFERENCE_TOKENS = 32  # below this the reference loss is too noisy to label anything
 SUMMARY = "summary.json"  # written last, once every shard is done: the store's completion marker
 
 # Training settings the probe step uses, copied from the checkpoint's saved args when the command line
@@ -172,6 +173,14 @@ class OracleConfig:
             )
         if self.max_shards is not None and self.max_shards < 1:
             raise GMError(f"--gm-oracle-max-shards {self.max_shards}: must be at least 1")
+        for flag, value in (
+            ("--gm-oracle-seed (or --seed)", self.seed),
+            ("--gm-oracle-ref-seed", self.ref_seed),
+        ):
+            if not 0 <= value < 2**31:
+                raise GMError(f"{flag} {value}: must be in [0, 2**31)")
+        if self.time_train_steps < 0:
+            raise GMError(f"--gm-oracle-time-train-steps {self.time_train_steps}: must be 0 or more")
         if not os.path.isfile(self.ref_data):
             raise GMError(f"{self.ref_data}: reference set not found; pass --gm-oracle-ref-data JSONL")
         return self
@@ -291,16 +300,11 @@ def _is_number(s: str) -> bool:
 
 
 def check_tokenizer(args, info) -> None:
-    """The reference set is tokenized with the run's tokenizer: it must be the pool's."""
-    from megatron_gm.manifest import sha256_file
+    """The reference set is tokenized with the run's tokenizer: it must be the pool's (and cover its ids)."""
+    from megatron_gm.data.indexed import check_tokenizer as check
 
-    want = (info.tokenizer or {}).get("model_sha256")
-    model = getattr(args, "tokenizer_model", None)
-    if want and model and os.path.isfile(model) and sha256_file(model)[:16] != want:
-        raise GMError(
-            f"--tokenizer-model {model}: not the tokenizer {info.prefix} was made with "
-            f"({info.tokenizer.get('model')}); pass that one"
-        )
+    null = getattr(args, "tokenizer_type", None) == "NullTokenizer"
+    check(info, getattr(args, "tokenizer_model", None), getattr(args, "vocab_size", None) if null else None)
 
 
 def prepare(argv: list[str]):
@@ -313,6 +317,7 @@ def prepare(argv: list[str]):
     from megatron_gm.oracle.checkpoint import inspect_checkpoint, require_optimizer_state
     from megatron_gm.oracle.reference import build_reference
     from megatron_gm.oracle.trajectories import build_source
+    from megatron_gm.procs import lock_output
 
     pre = _pre_parse(argv)
     ckpt = inspect_checkpoint(pre.load, pre.ckpt_step)
@@ -321,6 +326,7 @@ def prepare(argv: list[str]):
     args = runtime.parse_args([*argv, *inherited], extra_args_provider=add_oracle_args)
     cfg = OracleConfig.from_args(args).validate()
     check_args(args)
+    lock_output(cfg.output, "--gm-oracle-output")  # rank 0, before Megatron starts
     prefix = pool_prefix(args)
     info = load_dataset_info(prefix)
     check_tokenizer(args, info)
@@ -339,6 +345,12 @@ def prepare(argv: list[str]):
     reference = build_reference(
         cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.ref_seed
     )
+    if reference.num_tokens < MIN_REFERENCE_TOKENS:
+        raise GMError(
+            f"{cfg.ref_data}: the reference set holds {reference.num_tokens} loss tokens, fewer than "
+            f"{MIN_REFERENCE_TOKENS}: its loss is noise, not a label; pass a larger --gm-oracle-ref-data "
+            "or more --gm-oracle-ref-samples"
+        )
     return args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer
 
 
@@ -435,5 +447,10 @@ def run(argv: list[str]) -> dict:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    run(list(sys.argv[1:] if argv is None else argv))
+    try:
+        run(list(sys.argv[1:] if argv is None else argv))
+    except GMError:
+        if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # every rank of the node has the same error
+            sys.exit(2)
+        raise
     return 0

@@ -182,25 +182,16 @@ class PipelineConfig:
                 )
             if self.tokenizer_model and not Path(self.tokenizer_model).is_file():
                 raise GMError(f"{self.tokenizer_model}: tokenizer model not found; pass --tokenizer-model")
-        m, t, L = self.model, self.train, self.launch
-        for name, v in (
-            ("model.num_layers", m.num_layers), ("model.hidden_size", m.hidden_size),
-            ("model.seq_length", m.seq_length), ("train.stage_iters", t.stage_iters),
-            ("train.micro_batch_size", t.micro_batch_size), ("oracle.trajectories", self.oracle.trajectories),
-            ("oracle.traj_len", self.oracle.traj_len), ("launch.nodes", L.nodes),
-            ("launch.nproc_per_node", L.nproc_per_node), ("launch.select_ranks", L.select_ranks),
-            ("launch.threads", L.threads),
-        ):  # fmt: skip
-            if v < 1:
-                raise GMError(f"{name} must be >= 1, got {v}")
+        m, t = self.model, self.train
+        check_ranges(self)
         if m.hidden_size % m.num_attention_heads:
             raise GMError(
                 f"model.hidden_size {m.hidden_size} is not a multiple of the heads {m.num_attention_heads}"
             )
         if t.global_batch_size % t.micro_batch_size:
             raise GMError("train.global_batch_size must be a multiple of train.micro_batch_size")
-        if not 0 < self.select.ratio <= 1:
-            raise GMError(f"select.ratio must be in (0, 1], got {self.select.ratio}")
+        if t.min_lr > t.lr:
+            raise GMError(f"train.min_lr {t.min_lr} is above train.lr {t.lr}")
         if t.first_stage_iters < 0:
             raise GMError(
                 f"train.first_stage_iters must be >= 0 (0: train.stage_iters), got {t.first_stage_iters}"
@@ -211,8 +202,6 @@ class PipelineConfig:
             raise GMError(f"train.wsd_cooldown must be in (0, 1], got {t.wsd_cooldown}")
         if t.eval_pack_points < 1:
             raise GMError(f"train.eval_pack_points must be >= 1, got {t.eval_pack_points}")
-        if self.influence.mode not in ("fast", "full"):
-            raise GMError(f"influence.mode must be fast or full, got {self.influence.mode!r}")
         return self
 
     # --- (de)serialisation --------------------------------------------------------------------------
@@ -260,6 +249,72 @@ class PipelineConfig:
             raise GMError(f"--set {key}: unknown field; known: {', '.join(sorted(fields))}")
         hints = typing.get_type_hints(type(obj))
         setattr(obj, name, _parse(hints[name], raw, key))
+
+
+# Allowed values of every number and choice, by ``section.field``: (lowest, highest) with None for no
+# bound (POSITIVE: above 0), or a tuple of choices.
+POSITIVE = "positive"
+RANGES: dict[str, tuple] = {
+    "stages": (1, None),
+    **{f"model.{k}": (1, None) for k in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+                                         "seq_length", "vocab_size")},
+    **{f"train.{k}": (1, None) for k in ("stage_iters", "micro_batch_size", "global_batch_size",
+                                         "save_interval", "eval_interval", "log_interval")},
+    "train.lr": (POSITIVE, None), "train.min_lr": (0.0, None), "train.warmup_iters": (0, None),
+    "train.eval_iters": (0, None), "train.seed": (0, 2**31 - 1),
+    "oracle.trajectories": (1, None), "oracle.traj_len": (1, None), "oracle.ref_max_examples": (1, None),
+    "oracle.seed": (0, 2**31 - 1), "oracle.bootstrap_beams": (0, None), "oracle.bootstrap_width": (1, None),
+    "oracle.bootstrap_probe_count": (0, None),
+    "influence.mode": ("fast", "full"),
+    **{f"influence.{k}": (0, None) for k in ("epochs", "chunk_len", "max_chunks", "train_batch_size",
+                                             "val_count")},
+    "influence.seed": (0, 2**31 - 1),
+    "select.method": ("group", "individual", "quota", "random"),
+    "select.ratio": (POSITIVE, 1.0), "select.num_clusters": (0, None), "select.kmeans_iters": (1, None),
+    "select.seed": (0, 2**31 - 1),
+    **{f"launch.{k}": (1, None) for k in ("nodes", "nproc_per_node", "select_ranks", "threads")},
+    **{f"launch.{k}": (0, None) for k in ("gpus_per_node", "select_threads", "cpus_per_task", "signal_seconds")},
+}  # fmt: skip
+
+
+def check_ranges(cfg: PipelineConfig) -> None:
+    """Every setting has its declared type and lies in its range (``RANGES``); one line naming it if not."""
+    import math
+
+    values: list[tuple[str, Any, Any]] = []
+    top = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            sub = typing.get_type_hints(type(v))
+            values += [(f"{f.name}.{g.name}", getattr(v, g.name), sub[g.name]) for g in dataclasses.fields(v)]
+        else:
+            values.append((f.name, v, top[f.name]))
+    for key, v, kind in values:
+        where = f"--set {key}={v!r}" if not isinstance(v, list) else f"--set {key}"
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if typing.get_origin(kind) is list:
+            ok_type = isinstance(v, list) and all(isinstance(x, str) for x in v)
+        else:
+            ok_type = isinstance(v, kind) and not (kind is not bool and isinstance(v, bool))
+        if not ok_type:
+            raise GMError(f"{where}: must be a {getattr(kind, '__name__', kind)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise GMError(f"{where}: must be a finite number")
+        rule = RANGES.get(key)
+        if rule is None:
+            continue
+        if isinstance(rule[0], str) and rule[0] != POSITIVE:
+            if v not in rule:
+                raise GMError(f"{where}: must be one of {', '.join(rule)}")
+            continue
+        lo, hi = rule
+        if lo == POSITIVE and not v > 0:
+            raise GMError(f"{where}: must be > 0" + (f" and <= {hi}" if hi is not None else ""))
+        if (lo != POSITIVE and lo is not None and v < lo) or (hi is not None and v > hi):
+            bounds = [f">= {lo}" if lo not in (None, POSITIVE) else "", f"<= {hi}" if hi is not None else ""]
+            raise GMError(f"{where}: must be {' and '.join(b for b in bounds if b)}")
 
 
 def _sections(cfg: PipelineConfig) -> list[str]:

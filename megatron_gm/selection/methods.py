@@ -1,9 +1,9 @@
 """The selection methods, all with the same budget.
 
-Every method first needs the clusters: the budget of a run is ``sum_c floor(ratio * |C_c|)`` documents.
+Every method first needs the clusters: the budget of a run is ``round(ratio * N)``, split by largest remainder.
 
 - ``group`` (Group-MATES, the default): in each cluster, the greedy relational pick (greedy.py).
-- ``quota`` (control, not in the paper): in each cluster, the ``floor(ratio * |C|)`` lowest s.
+- ``quota`` (control, not in the paper): in each cluster, its quota of lowest s.
 - ``individual`` (MATES): over the whole pool, Gumbel-top-k on -s / temperature, k = the budget.
   Temperature 0 is plain top-k (lowest s). MATES' own script sorts ``s / T + Gumbel`` ascending, which
   is a reversed-Gumbel perturbation; we use the proper Gumbel-top-k, which samples without replacement
@@ -25,6 +25,7 @@ import numpy as np
 
 from megatron_gm.errors import GMError
 from megatron_gm.selection.greedy import greedy_group_select
+from megatron_gm.selection.quotas import largest_remainder_quotas
 
 METHODS = ("group", "individual", "quota", "random")
 PER_CLUSTER = ("group", "quota")
@@ -49,8 +50,7 @@ def exact_ratio(ratio: float) -> Fraction:
 
 
 def cluster_quotas(sizes: np.ndarray, ratio: float) -> np.ndarray:
-    r = exact_ratio(ratio)
-    return np.asarray([int(r * int(n)) for n in sizes], dtype=np.int64)
+    return largest_remainder_quotas(sizes, ratio)  # total round(ratio * N), see quotas.py
 
 
 def select_in_cluster(

@@ -92,6 +92,8 @@ class SelectConfig:
             raise GMError(f"--device must be auto or cpu, got {self.device!r}")
         if self.stage < 0:
             raise GMError(f"--gm-stage must be >= 0, got {self.stage}")
+        if not 0 <= self.seed < 2**31:
+            raise GMError(f"--seed must be in [0, 2**31), got {self.seed}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise GMError(f"--gm-select-temperature must be >= 0, got {self.temperature}")
         for name in ("kmeans_iters", "kmeans_points_per_centroid", "shard_size", "batch_size", "threads"):
@@ -175,8 +177,13 @@ def check_output(cfg: SelectConfig) -> None:
 
 
 def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
-    """Rank 0: check every input before any work; open (or create) the scores folder."""
+    """Rank 0: check every input before any work; lock and open (or create) the output folders."""
+    from megatron_gm.procs import lock_output
+
     check_output(cfg)
+    lock_output(cfg.output, "--output")
+    if cfg.scores_from is None:
+        lock_output(cfg.scores_folder, "the scores (--scores-dir)")
     if cfg.scores_from is not None:
         _, sman = open_scores(cfg.scores_from)
         fingerprint = sman.dataset_fingerprint
@@ -359,8 +366,8 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     budget = int(quotas.sum())
     if budget == 0:
         raise GMError(
-            f"--gm-select-ratio {cfg.ratio} selects nothing: floor(ratio * cluster size) is 0 in every one of "
-            f"the {plan.num_clusters} clusters; raise the ratio or use fewer clusters"
+            f"--gm-select-ratio {cfg.ratio} selects nothing: round(ratio * {plan.num_docs} documents) is 0; "
+            "raise the ratio"
         )
     if cfg.method in PER_CLUSTER:
         chosen = comm.agree(lambda: select_my_clusters(cfg, comm, plan, shards, labels, sizes, quotas))
