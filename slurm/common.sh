@@ -148,7 +148,7 @@ gm_torchrun() {
   # shellcheck disable=SC2016  # expanded by the per-node shell, where SLURM_NODEID is set
   gm_run srun --kill-on-bad-exit=1 --nodes="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node=1 \
     --ntasks="${SLURM_JOB_NUM_NODES:-1}" --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
-    bash -c 'exec "$GM_PYTHON" -m torch.distributed.run --nnodes "$SLURM_NNODES" --node-rank "$SLURM_NODEID" \
+    bash -c 'exec "$GM_PYTHON" -m megatron_gm.megatron.launch --nnodes "$SLURM_NNODES" --node-rank "$SLURM_NODEID" \
       --nproc-per-node "$NPROC_PER_NODE" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" "$@"' \
     gm-torchrun "$@"
 }

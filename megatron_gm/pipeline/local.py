@@ -31,8 +31,8 @@ def launch_argv(phase: Phase, python: str, root: str | os.PathLike) -> list[str]
         args += ["--load", load_dir(phase)]
     world = phase.world_size
     if phase.launcher == "torchrun":
-        return [
-            python, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        return [  # torchrun through our wrapper: a worker's one-line error is the last line, exit code 2
+            python, "-m", "megatron_gm.megatron.launch", "--standalone", "--nnodes", "1",
             "--nproc-per-node", str(world), tool, *args,
         ]  # fmt: skip
     if world == 1 or phase.launcher == "single":
