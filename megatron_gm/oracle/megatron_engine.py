@@ -9,7 +9,9 @@ embedding across the first and last stage, layer norms under sequence parallelis
 plain optimizer reduces its clipping norm over the model-parallel group only.
 
 The reference loss is a forward-only pass in eval mode over the reference samples; the last pipeline
-stage sums token losses in float64 and broadcasts the mean to the other stages.
+stage sums token losses in float64 and broadcasts the mean to the other stages. A reference set in the
+natural layout runs as one pass per length bucket (``reference.length_buckets``), each at its own
+sequence length: right padding under causal attention leaves every counted loss as it is.
 """
 
 from __future__ import annotations
@@ -23,9 +25,20 @@ import numpy as np
 import torch
 
 from megatron_gm.errors import GMError
-from megatron_gm.oracle.reference import ReferenceSet
+from megatron_gm.oracle.reference import ReferenceSet, length_buckets, pad_multiple
 from megatron_gm.oracle.samples import SampleFormat, document_sample, to_batch
 from megatron_gm.oracle.snapshot import StateSnapshot
+
+
+@contextlib.contextmanager
+def use_seq_length(args, n: int):
+    """Megatron's get_batch sizes its TP broadcast by ``args.seq_length``: set it for a shorter pass."""
+    saved = args.seq_length
+    args.seq_length = n
+    try:
+        yield
+    finally:
+        args.seq_length = saved
 
 
 @contextlib.contextmanager
@@ -110,12 +123,16 @@ class MegatronEngine:
         self.ref_batches = self._reference_batches(reference)
         self.times = {"step": [0, 0.0], "ref": [0, 0.0]}
 
-    def _reference_batches(self, ref: ReferenceSet) -> list[dict]:
-        n, mb = len(ref), self.ref_mbs
-        pad = (-n) % mb
-        tokens = np.concatenate([ref.tokens, np.zeros((pad, ref.tokens.shape[1]), dtype=np.int64)])
-        mask = np.concatenate([ref.mask, np.zeros((pad, ref.mask.shape[1]), dtype=np.float32)])
-        return [to_batch(tokens[i : i + mb], mask[i : i + mb], self.fmt) for i in range(0, n + pad, mb)]
+    def _reference_batches(self, ref: ReferenceSet) -> list[tuple[int, list[dict]]]:
+        """(sequence length, batches) per length bucket; one bucket of seq_length for the packed layout."""
+        a = self.args
+        multiple = pad_multiple(
+            a.tensor_model_parallel_size if a.sequence_parallel else 1, a.context_parallel_size
+        )
+        return [
+            (L, [to_batch(t, m, self.fmt) for t, m in batches])
+            for L, batches in length_buckets(ref, self.ref_mbs, multiple)
+        ]
 
     def _iterator(self, batches: list[dict]):
         if len(self.model) > 1:  # virtual pipeline stages: one iterator per model chunk
@@ -142,17 +159,20 @@ class MegatronEngine:
         start = time.perf_counter()
         for m in self.model:
             m.eval()
+        reports = []
         try:
-            with torch.no_grad(), use_micro_batch_size(self.args, self.ref_mbs):
-                reports = self.forward_backward(
-                    forward_step_func=ref_forward_step,
-                    data_iterator=self._iterator(self.ref_batches),
-                    model=self.model,
-                    num_microbatches=len(self.ref_batches),
-                    seq_length=self.fmt.seq_length,
-                    micro_batch_size=self.ref_mbs,
-                    forward_only=True,
-                )
+            for length, batches in self.ref_batches:
+                with torch.no_grad(), use_micro_batch_size(self.args, self.ref_mbs):
+                    with use_seq_length(self.args, length):
+                        reports += self.forward_backward(
+                            forward_step_func=ref_forward_step,
+                            data_iterator=self._iterator(batches),
+                            model=self.model,
+                            num_microbatches=len(batches),
+                            seq_length=length,
+                            micro_batch_size=self.ref_mbs,
+                            forward_only=True,
+                        )
         finally:
             for m in self.model:
                 m.train()
