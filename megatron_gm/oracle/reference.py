@@ -32,7 +32,6 @@ from megatron_gm.data.jsonl import iter_lines, parse_record
 from megatron_gm.errors import GMError
 from megatron_gm.oracle.samples import pad_sample
 
-
 LAYOUTS = ("natural", "packed")
 
 
