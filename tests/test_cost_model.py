@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from megatron_gm.errors import GMError
 from megatron_gm.pipeline.cli import main as cli_main
 from megatron_gm.pipeline.config import ModelConfig, OracleConfig, PipelineConfig
 from megatron_gm.pipeline.estimate import (
@@ -100,15 +101,18 @@ def test_selection_share_falls_with_scale_as_in_the_paper():
     assert shares[0] > shares[1] > shares[2]
 
 
-def test_frozen_encoder_reads_the_pool_embeddings_once():
+def test_frozen_encoder_embeds_the_pool_twice_not_every_round():
     cfg = preset("large")
     cfg.data_path = "/nonexistent"
     cfg.influence.freeze_encoder_after_first_round = False
     est = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
-    assert est["stage2.select"].flops == pytest.approx(est["stage1.select"].flops)
+    assert est["stage3.select"].flops == pytest.approx(est["stage1.select"].flops)
+    assert "fine-tuned" in est["stage1.influence"].note
     cfg.influence.freeze_encoder_after_first_round = True
     est = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
-    assert est["stage2.select"].flops < 0.01 * est["stage1.select"].flops
+    # round 1 scores with its fine-tuned encoder, round 2 caches the frozen copy's embeddings, round 3 reads
+    assert est["stage2.select"].flops == pytest.approx(est["stage1.select"].flops)
+    assert est["stage3.select"].flops < 0.01 * est["stage1.select"].flops
     assert "heads only" in est["stage1.influence"].note and "fine-tuned" in est["stage0.influence"].note
 
 
@@ -119,3 +123,50 @@ def test_dry_run_prints_every_share_and_ends_with_the_overhead(tmp_path, capsys)
         assert any(line.startswith(kind) and line.endswith("%") for line in lines), kind
     m = re.fullmatch(r"overhead: (\d+\.\d)% of pretraining FLOPs", lines[-1])
     assert m and 0 < float(m.group(1)) < 100
+
+
+def _args(phases, name: str) -> list[str]:
+    return next(p for p in phases if p.name == name).args
+
+
+def _flag(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def test_later_rounds_probe_a_fraction_and_warm_start_on_the_frozen_encoder(tmp_path):
+    cfg = preset("large")
+    cfg.data_path = "/data/pool"
+    assert cfg.oracle.later_round_fraction == 0.25 and cfg.influence.freeze_encoder_after_first_round
+    phases = build_plan(cfg, tmp_path)
+    assert _flag(_args(phases, "stage0.oracle"), "--gm-oracle-trajectories") == "20000"
+    assert _flag(_args(phases, "stage1.oracle"), "--gm-oracle-trajectories") == "5000"
+    assert _flag(_args(phases, "stage0.bootstrap"), "--beams-per-tail") == "10000"
+    assert _flag(_args(phases, "stage2.bootstrap"), "--beams-per-tail") == "2500"
+    first = _args(phases, "stage0.influence")
+    assert _flag(first, "--mode") == "full" and "--init-from" not in first
+    for name in ("stage1.influence", "stage1.influence_bootstrap"):
+        args = _args(phases, name)
+        assert _flag(args, "--mode") == "fast"
+        assert _flag(args, "--init-from") == str(tmp_path.resolve() / "stage0" / "influence_bootstrap")
+    assert _flag(_args(phases, "stage2.influence"), "--init-from").endswith("stage1/influence_bootstrap")
+    assert "--gm-oracle-ref-layout" not in _args(phases, "stage0.oracle")  # natural: the tool's default
+    # warm start without freezing keeps full mode; the old packed reference is passed on
+    cfg.influence.freeze_encoder_after_first_round = False
+    cfg.oracle.ref_layout = "packed"
+    phases = build_plan(cfg, tmp_path)
+    assert _flag(_args(phases, "stage1.influence"), "--mode") == "full"
+    assert _flag(_args(phases, "stage1.influence"), "--init-from").endswith("stage0/influence_bootstrap")
+    assert _flag(_args(phases, "stage1.oracle"), "--gm-oracle-ref-layout") == "packed"
+    cfg.influence.warm_start = False
+    assert "--init-from" not in _args(build_plan(cfg, tmp_path), "stage1.influence")
+
+
+def test_bad_round_settings_are_refused():
+    cfg = preset("large")
+    cfg.oracle.later_round_fraction = 0
+    with pytest.raises(GMError, match=r"oracle.later_round_fraction must be in \(0, 1\], got 0"):
+        cfg.validate(need_data=False)
+    cfg = preset("large")
+    cfg.oracle.ref_layout = "windows"
+    with pytest.raises(GMError, match="oracle.ref_layout must be natural or packed"):
+        cfg.validate(need_data=False)

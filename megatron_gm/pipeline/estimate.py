@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 
 from megatron_gm.pipeline.config import PipelineConfig
-from megatron_gm.pipeline.plan import Phase
+from megatron_gm.pipeline.plan import Phase, round_count
 
 log = logging.getLogger(__name__)
 
@@ -202,22 +202,22 @@ def _lm_flops_per_token(cfg: PipelineConfig, train: bool, length: float | None =
     return 3 * fwd if train else fwd
 
 
-def round_fraction(cfg: PipelineConfig, stage: int) -> float:
-    """Share of the first round's trajectories a round collects (stage 0 = round 1)."""
-    return 1.0 if stage == 0 else float(cfg.oracle.later_round_fraction)
-
-
 def oracle_trajectories(cfg: PipelineConfig, phase: Phase) -> int:
     o = cfg.oracle
     n = 2 * o.bootstrap_beams if phase.name.endswith("_bootstrap") else o.trajectories
-    return max(1, round(n * round_fraction(cfg, phase.stage)))
+    return round_count(cfg, phase.stage, n)
 
 
 def encoder_cached(cfg: PipelineConfig, stage: int) -> bool:
-    """Whether a selection round reads the pool embeddings of an earlier round (frozen encoder + cache)."""
+    """Whether a selection round reads pool embeddings an earlier round cached. The cache holds frozen
+    encoders only: fast mode from round 2 (stage 2) on; full mode frozen after round 1 from round 3 on
+    (round 1 scores with its fine-tuned encoder, uncached; round 2 caches that encoder's embeddings)."""
     i = cfg.influence
-    frozen = i.mode == "fast" or i.freeze_encoder_after_first_round
-    return frozen and cfg.select.embed_cache != "none" and stage > 1
+    if cfg.select.embed_cache == "none":
+        return False
+    if i.mode == "fast":
+        return stage > 1
+    return i.freeze_encoder_after_first_round and stage > 2
 
 
 def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardware) -> Estimate:

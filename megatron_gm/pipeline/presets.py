@@ -71,8 +71,12 @@ def _gpu(
             min_lr=3e-5, warmup_iters=min(2000, iters // 2), save_interval=1000, eval_interval=1000,
             eval_iters=20, log_interval=50,
         ),
-        oracle=OracleConfig(trajectories=20000, traj_len=10, ref_max_examples=128, bootstrap_beams=10000),
-        influence=InfluenceConfig(mode="full", epochs=5),
+        # later rounds: a quarter of the first round's trajectories, heads warm-started on the first
+        # round's fine-tuned encoder (frozen), so the pool is embedded twice, not every round
+        oracle=OracleConfig(
+            trajectories=20000, traj_len=10, ref_max_examples=128, bootstrap_beams=10000, later_round_fraction=0.25
+        ),
+        influence=InfluenceConfig(mode="full", epochs=5, warm_start=True, freeze_encoder_after_first_round=True),
         select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=100),
         launch=LaunchConfig(
             nodes=nodes, gpus_per_node=8, nproc_per_node=8, select_ranks=8 * nodes, threads=8,
