@@ -46,15 +46,16 @@ def _oracle(cfg: PipelineConfig, name: str) -> float:
 def test_oracle_flops_by_hand():
     assert _tiny_cfg().model.params() == 1048
     # a probe step: 4 tokens x 3 x (2 x 1048 + 4 x 1 layer x 4 positions x 8) = 12 x 2224 = 26,688
-    # natural reference: 3 examples x 2 tokens x (2,096 + 4 x 2 x 8) = 6 x 2,160 = 12,960; T + 1 = 2 passes
+    # natural reference: 3 examples x 2 tokens x (2,096 + 4 x 2 x 8) = 6 x 2,160 = 12,960 a pass; one pass
+    # after each of the 2 x T = 2 steps, and one for the checkpoint's loss: 3 passes
     natural = _tiny_cfg(ref_tokens_per_example=2)
-    assert _oracle(natural, "stage0.oracle") == 2 * (26688 + 2 * 12960)
+    assert _oracle(natural, "stage0.oracle") == 2 * 26688 + 3 * 12960
     # packed: 3 windows of 4 tokens, each token 2,224 forward FLOPs -> 26,688 a pass
-    assert _oracle(_tiny_cfg(ref_layout="packed"), "stage0.oracle") == 2 * (26688 + 2 * 26688)
-    # a later round probes half of round 1's two trajectories: one
+    assert _oracle(_tiny_cfg(ref_layout="packed"), "stage0.oracle") == 2 * 26688 + 3 * 26688
+    # a later round probes half of round 1's two trajectories: one (1 step, 2 passes)
     natural.oracle.later_round_fraction = 0.5
     assert _oracle(natural, "stage1.oracle") == 26688 + 2 * 12960
-    assert _oracle(natural, "stage0.oracle") == 2 * (26688 + 2 * 12960)
+    assert _oracle(natural, "stage0.oracle") == 2 * 26688 + 3 * 12960
 
 
 def test_reference_length_is_measured_from_the_file(tmp_path):

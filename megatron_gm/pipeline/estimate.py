@@ -2,7 +2,8 @@
 
 FLOPs (forward + backward = 3x forward; per token 2·N + 4·L·s·h forward, attention counted dense):
 - pretrain: the stage's tokens, plus its evaluation.
-- oracle: per trajectory T one-sequence training steps and T+1 reference passes. The reference pass
+- oracle: per trajectory T one-sequence training steps and T reference passes (plus one for the
+  checkpoint's own loss, shared by all trajectories). The reference pass
   costs the reference set's evaluated tokens: examples at their own length (the natural layout), or
   seq-length windows (packed). A later round probes ``oracle.later_round_fraction`` of the trajectories.
 - bootstrap: encoder forward over the searched documents, plus the beam search (2·d per candidate).
@@ -240,8 +241,9 @@ def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardw
         ref_tokens, ref_len, how = reference_tokens(cfg)
         step = m.seq_length * _lm_flops_per_token(cfg, True)
         ref = ref_tokens * _lm_flops_per_token(cfg, False, ref_len)
-        flops = n * (o.traj_len * step + (o.traj_len + 1) * ref)
-        compute = n * o.traj_len * step / hw.rates["probe"] + n * (o.traj_len + 1) * ref / hw.rates["ref"]
+        passes = n * o.traj_len + 1  # the checkpoint's loss once, then one pass after every step
+        flops = n * o.traj_len * step + passes * ref
+        compute = n * o.traj_len * step / hw.rates["probe"] + passes * ref / hw.rates["ref"]
         mem = n * (o.traj_len * OPT_BYTES_PER_PARAM + RESTORE_BYTES_PER_PARAM) * m.params() / hw.mem_bw
         note = f"{n} trajectories x T={o.traj_len}; reference {how}"
     elif phase.kind == "bootstrap":
