@@ -221,39 +221,43 @@ def encoder_cached(cfg: PipelineConfig, stage: int) -> bool:
     return i.freeze_encoder_after_first_round and stage > 2
 
 
-def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardware) -> Estimate:
+@dataclasses.dataclass
+class Parts:
+    """A phase's FLOPs by the rate that runs them (``Hardware.rates`` keys) and its memory traffic."""
+
+    flops: dict[str, float]
+    mem_bytes: float
+    note: str
+
+
+def phase_parts(cfg: PipelineConfig, phase: Phase, pool: PoolStats) -> Parts:
     m, t, o, i, s = cfg.model, cfg.train, cfg.oracle, cfg.influence, cfg.select
-    devices = max(1, phase.world_size) * (phase.threads if hw.per_thread else 1)
     doc_tokens = pool.num_tokens / max(1, pool.num_docs)
     enc_tokens_per_doc = min(doc_tokens, (i.chunk_len or 512) * (i.max_chunks or 64))
     enc_params, enc_dim = encoder_size(cfg)
-    mem = 0.0
     if phase.kind == "pretrain":
         tokens = t.stage_iters * t.global_batch_size * m.seq_length
         evals = (
             (t.stage_iters // max(1, t.eval_interval) + 1) * t.eval_iters * t.global_batch_size * m.seq_length
         )
         flops = tokens * _lm_flops_per_token(cfg, True) + evals * _lm_flops_per_token(cfg, False)
-        compute = flops / hw.rates["pretrain"]
-        note = f"{tokens / 1e6:.2f}M tokens"
-    elif phase.kind == "oracle":
+        return Parts({"pretrain": flops}, 0.0, f"{tokens / 1e6:.2f}M tokens")
+    if phase.kind == "oracle":
         n = oracle_trajectories(cfg, phase)
         ref_tokens, ref_len, how = reference_tokens(cfg)
         step = m.seq_length * _lm_flops_per_token(cfg, True)
         ref = ref_tokens * _lm_flops_per_token(cfg, False, ref_len)
         passes = n * o.traj_len + 1  # the checkpoint's loss once, then one pass after every step
-        flops = n * o.traj_len * step + passes * ref
-        compute = n * o.traj_len * step / hw.rates["probe"] + passes * ref / hw.rates["ref"]
-        mem = n * (o.traj_len * OPT_BYTES_PER_PARAM + RESTORE_BYTES_PER_PARAM) * m.params() / hw.mem_bw
+        mem = n * (o.traj_len * OPT_BYTES_PER_PARAM + RESTORE_BYTES_PER_PARAM) * m.params()
         note = f"{n} trajectories x T={o.traj_len}; reference {how}"
-    elif phase.kind == "bootstrap":
+        return Parts({"probe": n * o.traj_len * step, "ref": passes * ref}, mem, note)
+    if phase.kind == "bootstrap":
         probe = min(pool.num_docs, o.bootstrap_probe_count or BOOTSTRAP_PROBE_DEFAULT)
         embed = probe * enc_tokens_per_doc * 2 * enc_params
         search = 2 * o.traj_len * o.bootstrap_beams * o.bootstrap_width * probe * enc_dim * 2
-        flops = embed + search
-        compute = flops / hw.rates["encoder"]
         note = f"{probe} documents searched, 2 x {o.bootstrap_beams} beams"
-    elif phase.kind == "influence":
+        return Parts({"encoder": embed + search}, 0.0, note)
+    if phase.kind == "influence":
         n = oracle_trajectories(cfg, phase) + (
             oracle_trajectories(cfg, dataclasses.replace(phase, name="x_bootstrap"))
             if phase.name.endswith("_bootstrap")
@@ -263,26 +267,35 @@ def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardw
         fwd = docs * enc_tokens_per_doc * 2 * enc_params
         heads_only = i.mode == "fast" or (i.freeze_encoder_after_first_round and phase.stage > 0)
         epochs = i.epochs or (50 if i.mode == "fast" else 5)
-        flops = fwd if heads_only else fwd * 3 * epochs
-        compute = flops / hw.rates["encoder" if heads_only else "encoder_train"]
         note = f"{'heads only' if heads_only else 'encoder fine-tuned'}, {docs} documents, {epochs} epochs"
-    else:
-        if phase.branch == "random":
-            return Estimate(phase.name, 0.0, hw.startup_s["select"], "random pick from the main scores")
-        k = s.num_clusters or max(1, round(pool.num_docs / 3000))
-        embed = pool.num_docs * enc_tokens_per_doc * 2 * enc_params
-        cached = encoder_cached(cfg, phase.stage)
-        if cached:
-            embed = 0.0
-        kmeans = (
-            s.kmeans_iters * min(pool.num_docs, 256 * k) * k * enc_dim * 2 + pool.num_docs * k * enc_dim * 2
-        )
-        greedy = pool.num_docs * (pool.num_docs / k) * s.ratio * enc_dim * 2
-        flops = embed + kmeans + greedy
-        compute = flops / hw.rates["select"]
-        note = f"{pool.num_docs} documents{' (cached embeddings)' if cached else ''}, {k} clusters"
-    seconds = compute / devices + mem / max(1, phase.world_size) + hw.startup_s[phase.kind]
-    return Estimate(phase.name, flops, seconds, note)
+        if heads_only:
+            return Parts({"encoder": fwd}, 0.0, note)
+        return Parts({"encoder_train": fwd * 3 * epochs}, 0.0, note)
+    if phase.branch == "random":
+        return Parts({}, 0.0, "random pick from the main scores")
+    k = s.num_clusters or max(1, round(pool.num_docs / 3000))
+    cached = encoder_cached(cfg, phase.stage)
+    embed = 0.0 if cached else pool.num_docs * enc_tokens_per_doc * 2 * enc_params
+    kmeans = s.kmeans_iters * min(pool.num_docs, 256 * k) * k * enc_dim * 2 + pool.num_docs * k * enc_dim * 2
+    greedy = pool.num_docs * (pool.num_docs / k) * s.ratio * enc_dim * 2
+    note = f"{pool.num_docs} documents{' (cached embeddings)' if cached else ''}, {k} clusters"
+    return Parts({"select": embed + kmeans + greedy}, 0.0, note)
+
+
+def phase_devices(phase: Phase, hw: Hardware) -> int:
+    """GPUs of a phase, or on CPU its processes x threads (the rates are per thread)."""
+    return max(1, phase.world_size) * (phase.threads if hw.per_thread else 1)
+
+
+def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardware) -> Estimate:
+    parts = phase_parts(cfg, phase, pool)
+    compute = sum(f / hw.rates[k] for k, f in parts.flops.items())
+    seconds = (
+        compute / phase_devices(phase, hw)
+        + parts.mem_bytes / hw.mem_bw / max(1, phase.world_size)
+        + hw.startup_s[phase.kind]
+    )
+    return Estimate(phase.name, sum(parts.flops.values()), seconds, parts.note)
 
 
 def estimate_plan(cfg: PipelineConfig, phases: list[Phase]) -> tuple[list[Estimate], Hardware, PoolStats]:
