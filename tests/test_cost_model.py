@@ -171,3 +171,16 @@ def test_bad_round_settings_are_refused():
     cfg.oracle.ref_layout = "windows"
     with pytest.raises(GMError, match="oracle.ref_layout must be natural or packed"):
         cfg.validate(need_data=False)
+
+
+def test_large_preset_three_rounds_stay_under_ten_percent():
+    cfg = preset("large")
+    cfg.oracle.ref_path = str(LAMBADA_REF.with_name("ref_wikitext103_valid.jsonl.gz"))  # the pipeline default
+    phases = build_plan(cfg, "/tmp/x", cfg.oracle.ref_path)
+    assert sum(p.kind == "select" and p.branch == "main" for p in phases) == 3
+    cost = cost_summary(phases, estimate_plan(cfg, phases)[0])
+    assert 0.03 < cost.overhead_flops <= 0.10
+    # the old setting (128 reference examples, every round at full size, re-embedding the pool) did not
+    cfg.oracle.ref_max_examples, cfg.oracle.later_round_fraction = 128, 1.0
+    cfg.influence.freeze_encoder_after_first_round = False
+    assert cost_summary(phases, estimate_plan(cfg, phases)[0]).overhead_flops > 0.3

@@ -71,10 +71,12 @@ def _gpu(
             min_lr=3e-5, warmup_iters=min(2000, iters // 2), save_interval=1000, eval_interval=1000,
             eval_iters=20, log_interval=50,
         ),
-        # later rounds: a quarter of the first round's trajectories, heads warm-started on the first
+        # 16 reference examples: the smallest size whose labels reach split-half reliability 0.9
+        # (benchmarks/results/label_reliability; measured on the quickstart model, re-measure at scale).
+        # Later rounds: a quarter of the first round's trajectories, heads warm-started on the first
         # round's fine-tuned encoder (frozen), so the pool is embedded twice, not every round
         oracle=OracleConfig(
-            trajectories=20000, traj_len=10, ref_max_examples=128, bootstrap_beams=10000, later_round_fraction=0.25
+            trajectories=20000, traj_len=10, ref_max_examples=16, bootstrap_beams=10000, later_round_fraction=0.25
         ),
         influence=InfluenceConfig(mode="full", epochs=5, warm_start=True, freeze_encoder_after_first_round=True),
         select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=100),
