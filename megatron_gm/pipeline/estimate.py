@@ -6,7 +6,8 @@ FLOPs (forward + backward = 3x forward; per token 2·N + 4·L·s·h forward, att
   checkpoint's own loss, shared by all trajectories). The reference pass
   costs the reference set's evaluated tokens: examples at their own length (the natural layout), or
   seq-length windows (packed). A later round probes ``oracle.later_round_fraction`` of the trajectories.
-- bootstrap: encoder forward over the searched documents, plus the beam search (2·d per candidate).
+- bootstrap: encoder forward over the searched documents (``oracle.bootstrap_probe_count``, 0 = the
+  whole pool), plus the beam search (2·d per beam and candidate, T steps, two tails).
 - influence: encoder over the trajectories' documents: fast mode embeds once (frozen encoder); full
   mode trains it, 3x forward every epoch.
 - select: encoder forward over the whole pool, then k-means (2·n·k·d per iteration) and the greedy
@@ -40,7 +41,6 @@ MINILM = (22_700_000, 384)  # all-MiniLM-L6-v2 (the bundled encoder): parameters
 ENCODERS = {"large": (335_000_000, 1024), "base": (110_000_000, 768), "small": (33_000_000, 384)}
 OPT_BYTES_PER_PARAM = 36  # a probe step's Adam update: fp32 master, grad, 2 moments, bf16 copy, read + write
 RESTORE_BYTES_PER_PARAM = 28  # a trajectory's restore: master, moments, bf16 copy, copied from the snapshot
-BOOTSTRAP_PROBE_DEFAULT = 20_000  # tools/bootstrap_trajectories.py --probe-count default
 KINDS = ("pretraining", "oracle", "RDIM training", "RDIM inference")
 
 
@@ -252,10 +252,11 @@ def phase_parts(cfg: PipelineConfig, phase: Phase, pool: PoolStats) -> Parts:
         note = f"{n} trajectories x T={o.traj_len}; reference {how}"
         return Parts({"probe": n * o.traj_len * step, "ref": passes * ref}, mem, note)
     if phase.kind == "bootstrap":
-        probe = min(pool.num_docs, o.bootstrap_probe_count or BOOTSTRAP_PROBE_DEFAULT)
+        probe = min(pool.num_docs, o.bootstrap_probe_count or pool.num_docs)  # the pipeline passes 0 = all
+        beams = round_count(cfg, phase.stage, o.bootstrap_beams)
         embed = probe * enc_tokens_per_doc * 2 * enc_params
-        search = 2 * o.traj_len * o.bootstrap_beams * o.bootstrap_width * probe * enc_dim * 2
-        note = f"{probe} documents searched, 2 x {o.bootstrap_beams} beams"
+        search = 2 * o.traj_len * beams * probe * enc_dim * 2  # 2 tails; a step scores beams x documents
+        note = f"{probe} documents searched, 2 x {beams} beams"
         return Parts({"encoder": embed + search}, 0.0, note)
     if phase.kind == "influence":
         n = oracle_trajectories(cfg, phase) + (

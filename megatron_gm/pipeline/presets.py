@@ -76,7 +76,8 @@ def _gpu(
         # Later rounds: a quarter of the first round's trajectories, heads warm-started on the first
         # round's fine-tuned encoder (frozen), so the pool is embedded twice, not every round
         oracle=OracleConfig(
-            trajectories=20000, traj_len=10, ref_max_examples=16, bootstrap_beams=10000, later_round_fraction=0.25
+            trajectories=20000, traj_len=10, ref_max_examples=16, bootstrap_beams=10000, later_round_fraction=0.25,
+            bootstrap_probe_count=20000,
         ),
         influence=InfluenceConfig(mode="full", epochs=5, warm_start=True, freeze_encoder_after_first_round=True),
         select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=100),
@@ -112,6 +113,7 @@ def paper(scale: str) -> PipelineConfig:
         traj_len=10,
         ref_max_examples=128,
         bootstrap_beams=10000,
+        bootstrap_probe_count=20000,
         ref_path=str(LAMBADA_REF),
     )
     cfg.influence = InfluenceConfig(mode="full", epochs=5, encoder="bge-base-en-v1.5")
