@@ -123,7 +123,7 @@ def fit(runs: list[Path], only: str = "") -> tuple[dict, dict, list[dict]]:
             for k, s in measured.items():
                 flops[k] = flops.get(k, 0.0) + parts.flops[k]
                 thread_s[k] = thread_s.get(k, 0.0) + s * threads
-            rest.setdefault(p.kind, []).append(wall - sum(measured.values()))
+            rest.setdefault(est.startup_key(p), []).append(wall - sum(measured.values()))
             rows.append({"run": rel(run), "phase": p.name, "wall_s": wall, "compute_s": measured})
     rates = {k: flops[k] / thread_s[k] for k in flops if thread_s[k] > 0}
     startup = {k: max(0.0, sum(v) / len(v)) for k, v in rest.items()}
@@ -207,7 +207,7 @@ def main_args() -> argparse.ArgumentParser:
     p.add_argument("--check", nargs="*", default=[], help="more run folders to check (not fitted)")
     p.add_argument(
         "--fit-only",
-        default=r"^stage0\.|^stage1\.select$",
+        default=r"^stage0\.|^(random\.)?stage1\.select$",
         help="fit on the phases whose names match this regular expression (default: the first round's); "
         "the others are held out",
     )

@@ -60,14 +60,16 @@ H100 = Hardware(
     "30% encoder inference, 25% encoder training; 2.3 TB/s for optimizer state)",
     {"pretrain": 0.35 * 989e12, "probe": 0.30 * 989e12, "ref": 0.40 * 989e12,
      "encoder": 0.30 * 989e12, "encoder_train": 0.25 * 989e12, "select": 0.30 * 989e12},
-    2.3e12, {"pretrain": 120.0, "oracle": 120.0, "influence": 90.0, "bootstrap": 60.0, "select": 90.0},
+    2.3e12, {"pretrain": 120.0, "oracle": 120.0, "influence": 90.0, "bootstrap": 60.0, "select": 90.0,
+             "select_random": 30.0},
 )  # fmt: skip
 
 CPU_TYPED = Hardware(
     "CPU (per thread; typed-in guesses: run benchmarks/cost_calibration.py to measure them)",
     {"pretrain": 2.5e10, "probe": 1.7e10, "ref": 1.7e10, "encoder": 1.8e11, "encoder_train": 1.8e11,
      "select": 1.8e11},
-    5e9, {"pretrain": 15.0, "oracle": 15.0, "influence": 25.0, "bootstrap": 20.0, "select": 10.0},
+    5e9, {"pretrain": 15.0, "oracle": 15.0, "influence": 25.0, "bootstrap": 20.0, "select": 10.0,
+          "select_random": 3.0},
     per_thread=True,
 )  # fmt: skip
 
@@ -82,8 +84,8 @@ def load_cpu(path: Path = CALIBRATION) -> Hardware:
         return CPU_TYPED
     merged = {**CPU_TYPED.rates, **rates}
     return Hardware(
-        f"CPU (per thread; rates measured by benchmarks/cost_calibration.py, load average "
-        f"{data.get('load_average', '?')} during the measurement)",
+        f"CPU (per thread; rates measured by benchmarks/cost_calibration.py on a shared machine, load "
+        f"average {data.get('load_average', '?')} after the run: see its report.md)",
         merged, float(data.get("mem_bw", CPU_TYPED.mem_bw)), {**CPU_TYPED.startup_s, **startup},
         source=str(path), per_thread=True,
     )  # fmt: skip
@@ -283,6 +285,11 @@ def phase_parts(cfg: PipelineConfig, phase: Phase, pool: PoolStats) -> Parts:
     return Parts({"select": embed + kmeans + greedy}, 0.0, note)
 
 
+def startup_key(phase: Phase) -> str:
+    """Which fixed start-up a phase pays: its kind's, or the random twin's pick from existing scores."""
+    return "select_random" if phase.kind == "select" and phase.branch == "random" else phase.kind
+
+
 def phase_devices(phase: Phase, hw: Hardware) -> int:
     """GPUs of a phase, or on CPU its processes x threads (the rates are per thread)."""
     return max(1, phase.world_size) * (phase.threads if hw.per_thread else 1)
@@ -294,7 +301,7 @@ def estimate_phase(cfg: PipelineConfig, phase: Phase, pool: PoolStats, hw: Hardw
     seconds = (
         compute / phase_devices(phase, hw)
         + parts.mem_bytes / hw.mem_bw / max(1, phase.world_size)
-        + hw.startup_s[phase.kind]
+        + hw.startup_s[startup_key(phase)]
     )
     return Estimate(phase.name, sum(parts.flops.values()), seconds, parts.note)
 
