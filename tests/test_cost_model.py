@@ -184,3 +184,13 @@ def test_large_preset_three_rounds_stay_under_ten_percent():
     cfg.oracle.ref_max_examples, cfg.oracle.later_round_fraction = 128, 1.0
     cfg.influence.freeze_encoder_after_first_round = False
     assert cost_summary(phases, estimate_plan(cfg, phases)[0]).overhead_flops > 0.3
+
+
+def test_a_stage_zero_of_its_own_length_is_counted():
+    cfg = _tiny_cfg()
+    cfg.train.stage_iters, cfg.train.first_stage_iters, cfg.train.eval_iters = 10, 30, 0
+    phases = {p.name: p for p in build_plan(cfg, "/tmp/x")}
+    pool = PoolStats(100, 1000, True)
+    # 30 vs 10 iterations of 8 x 4 tokens, 3 x 2,224 FLOPs a token
+    assert estimate_phase(cfg, phases["stage0.pretrain"], pool, H100).flops == 30 * 8 * 4 * 3 * 2224
+    assert estimate_phase(cfg, phases["stage1.pretrain"], pool, H100).flops == 10 * 8 * 4 * 3 * 2224

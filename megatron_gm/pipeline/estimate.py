@@ -103,7 +103,7 @@ class PoolStats:
 
 def training_tokens(cfg: PipelineConfig) -> float:
     """Tokens the main branch trains on, all stages."""
-    return float(cfg.stages * cfg.train.stage_iters * cfg.train.global_batch_size * cfg.model.seq_length)
+    return float(cfg.train.stage_ends(cfg.stages)[-1] * cfg.train.global_batch_size * cfg.model.seq_length)
 
 
 def pool_stats(cfg: PipelineConfig) -> PoolStats:
@@ -238,10 +238,9 @@ def phase_parts(cfg: PipelineConfig, phase: Phase, pool: PoolStats) -> Parts:
     enc_tokens_per_doc = min(doc_tokens, (i.chunk_len or 512) * (i.max_chunks or 64))
     enc_params, enc_dim = encoder_size(cfg)
     if phase.kind == "pretrain":
-        tokens = t.stage_iters * t.global_batch_size * m.seq_length
-        evals = (
-            (t.stage_iters // max(1, t.eval_interval) + 1) * t.eval_iters * t.global_batch_size * m.seq_length
-        )
+        iters = (t.first_stage_iters or t.stage_iters) if phase.stage == 0 else t.stage_iters
+        tokens = iters * t.global_batch_size * m.seq_length
+        evals = (iters // max(1, t.eval_interval) + 1) * t.eval_iters * t.global_batch_size * m.seq_length
         flops = tokens * _lm_flops_per_token(cfg, True) + evals * _lm_flops_per_token(cfg, False)
         return Parts({"pretrain": flops}, 0.0, f"{tokens / 1e6:.2f}M tokens")
     if phase.kind == "oracle":
