@@ -12,7 +12,7 @@ import torch
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
 from megatron_gm.oracle.collect import Group, collect, probe_trajectory, step_seed
-from megatron_gm.oracle.reference import build_reference
+from megatron_gm.oracle.reference import build_reference, length_buckets, pad_multiple
 from megatron_gm.oracle.samples import document_sample
 from megatron_gm.oracle.snapshot import StateSnapshot
 from megatron_gm.oracle.store import label_stats, load_oracle
@@ -72,6 +72,70 @@ def test_reference_prompt_masking_and_packing(tmp_path):
     assert ref.mask[2].sum() == 20 and ref.mask[3].sum() == 10
     assert ref.num_tokens == 4 + 3 + 30
     assert bytes(ref.tokens[3][:11].tolist()) == b"abcdefghij\x00"
+
+
+def _natural_reference(tmp_path, layout="natural"):
+    recs = [
+        {"context": "the cat sat on the", "target": "mat"},  # 22 bytes: cut to 21 from the left
+        {"text": "abcdefghij" * 3},  # 30 bytes + EOD: its own windows of 21 and 11 tokens
+        {"text": "hello"},  # 5 bytes + EOD: one example of 6 tokens, never joined to the one above
+    ]
+    return build_reference(
+        write_jsonl(tmp_path / "n.jsonl", recs), byte_tokenize, 0, 20, 99, 0, layout=layout
+    )
+
+
+def test_reference_natural_layout_keeps_examples_apart(tmp_path):
+    ref = _natural_reference(tmp_path)
+    assert ref.layout == "natural" and ref.records == {"prompt": 1, "text": 2}
+    assert ref.sample_lengths.tolist() == [21, 21, 11, 6]
+    assert bytes(ref.tokens[0].tolist()) == b"he cat sat on the mat"
+    assert bytes(ref.tokens[0][1:][ref.mask[0] > 0].tolist()) == b" mat"
+    assert bytes(ref.tokens[2][:11].tolist()) == b"abcdefghij\x00" and ref.mask[2].sum() == 10
+    assert bytes(ref.tokens[3][:6].tolist()) == b"hello\x00" and ref.tokens[3][6:].sum() == 0
+    assert ref.mask[3].tolist() == [1.0] * 5 + [0.0] * 15
+    assert ref.num_tokens == 4 + 20 + 10 + 5 and ref.evaluated_tokens == 20 + 20 + 10 + 5
+    packed = _natural_reference(tmp_path, layout="packed")
+    # the old layout joins the records: its last window is "abcdefghij<EOD>hello<EOD>", 16 labels
+    assert len(packed) == 3 and packed.mask[2].sum() == 16
+    assert bytes(packed.tokens[2][:17].tolist()) == b"abcdefghij\x00hello\x00"
+    assert packed.sample_lengths.tolist() == [21] * 3 and packed.evaluated_tokens == 60
+    assert packed.digest != ref.digest
+    with pytest.raises(GMError, match="--gm-oracle-ref-layout 'loose'"):
+        _natural_reference(tmp_path, layout="loose")
+
+
+def test_length_buckets_pad_each_micro_batch_to_its_longest(tmp_path):
+    ref = _natural_reference(tmp_path)
+    buckets = length_buckets(ref, micro_batch_size=2, multiple=8)
+    # sorted lengths 6, 11 | 21, 21: labels 10 -> 16 (a multiple of 8), labels 20 -> 20 (seq_length)
+    assert [(L, len(b)) for L, b in buckets] == [(16, 1), (20, 1)]
+    ((t, m),) = buckets[0][1]
+    assert t.shape == (2, 17) and m.shape == (2, 16)
+    assert bytes(t[0][:6].tolist()) == b"hello\x00" and m[0].sum() == 5 and m[1].sum() == 10
+    buckets = length_buckets(ref, micro_batch_size=3, multiple=8)
+    assert [(L, len(b)) for L, b in buckets] == [(20, 2)]
+    assert buckets[0][1][1][1].sum(axis=1).tolist() == [20, 0, 0]  # empty rows fill the last micro-batch
+    packed = length_buckets(_natural_reference(tmp_path, "packed"), micro_batch_size=2)
+    assert [(L, len(b)) for L, b in packed] == [(20, 2)]
+    assert pad_multiple() == 8 and pad_multiple(sequence_parallel_tp=3) == 24 and pad_multiple(1, 8) == 16
+
+
+def test_length_buckets_give_the_padded_loss(tmp_path):
+    """Right padding under a causal model: the bucketed pass sums the same token losses on fewer positions."""
+    model, _, _ = build_training(seed=3, warm_steps=0)
+    model.eval()
+    ref = _natural_reference(tmp_path)
+    ref.tokens = ref.tokens % 64  # TinyLM's vocabulary
+    total = count = 0.0
+    with torch.no_grad():
+        for _, batches in length_buckets(ref, micro_batch_size=2, multiple=8):
+            for t, m in batches:
+                losses = model.token_losses(torch.from_numpy(t)).double().numpy()
+                total += float((losses * m).sum())
+                count += float(m.sum())
+    assert count == 39
+    assert total / count == pytest.approx(reference_loss(model, ref), rel=1e-6)
 
 
 def test_reference_subset_is_seeded_and_hashed(tmp_path):

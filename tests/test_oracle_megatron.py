@@ -206,11 +206,12 @@ eng = MegatronEngine(s, dataset, SampleFormat.from_args(args, tok.eod), ref, ref
                      scheduler_increment=ckpt.saved("global_batch_size"))
 docs = source.documents([0])[0]
 base = eng.reference_loss()
+rows = eng.reference_example_losses()
 l1, _ = probe_trajectory(eng, docs, base, cfg.seed, 0)
 l2, _ = probe_trajectory(eng, docs, base, cfg.seed, 0)
 eng.restore()
 
-def hand_ref_loss():
+def hand_ref_loss(per_example=None):
     model = s.model[0]
     model.eval()
     total = count = 0.0
@@ -221,10 +222,13 @@ def hand_ref_loss():
             out = model(t[:, :-1], torch.arange(args.seq_length)[None], causal, labels=t[:, 1:])
             total += float((out.double().numpy() * m).sum())
             count += float(m.sum())
+            if per_example is not None:
+                per_example.append([float((out.double().numpy() * m).sum()), float(m.sum())])
     model.train()
     return total / count
 
-before = hand_ref_loss()
+hand_rows = []
+before = hand_ref_loss(hand_rows)
 doc = dataset[int(docs[0])][: args.seq_length + 1].astype(np.int64)
 text = np.zeros(args.seq_length + 1, dtype=np.int64)
 text[: len(doc)] = doc
@@ -244,7 +248,9 @@ lr = s.optimizer.param_groups[0]["lr"]
 out = train_step(gpt.forward_step, RerunDataIterator(iter([batch])), s.model, s.optimizer, s.scheduler, config,
                  get_forward_backward_func(), iteration=ckpt.iteration)
 after = hand_ref_loss()
-print("RESULT " + json.dumps({"l1": l1.tolist(), "l2": l2.tolist(), "base": base, "before": before,
+print("RESULT " + json.dumps({"rows": rows.tolist(), "hand_rows": hand_rows,
+                              "layout": ref.layout, "lengths": ref.sample_lengths.tolist(),
+                              "l1": l1.tolist(), "l2": l2.tolist(), "base": base, "before": before,
                               "after": after, "lr": lr, "grad_norm": float(out[5]), "clip": args.clip_grad}))
 """
 
@@ -259,6 +265,12 @@ def test_restore_is_exact_and_label_is_one_pretraining_step(env):
     assert r["l1"] == r["l2"]  # restore is exact: the same labels, bit for bit
     assert np.allclose(np.float32(r["l1"]), one.labels[0], rtol=0, atol=1e-7)
     assert r["base"] == pytest.approx(r["before"], rel=1e-6)
+    # the natural layout ran shorter buckets than seq_length; per-example losses match the padded ones
+    assert r["layout"] == "natural" and min(r["lengths"]) < SEQ + 1
+    rows, hand = np.asarray(r["rows"]), np.asarray(r["hand_rows"])
+    assert np.array_equal(rows[:, 1], hand[:, 1])
+    np.testing.assert_allclose(rows[:, 0], hand[:, 0], rtol=1e-6)
+    assert rows[:, 0].sum() / rows[:, 1].sum() == pytest.approx(r["base"], rel=1e-12)
     assert 1e-4 < r["lr"] < 3e-3 and r["grad_norm"] > r["clip"]  # mid-schedule LR, clipping active
     by_hand = r["after"] - r["before"]
     assert by_hand != 0 and np.sign(by_hand) == np.sign(r["l1"][0])

@@ -215,7 +215,8 @@ def test_estimate_scales_with_work():
     cfg.oracle.trajectories *= 2
     more = {e.phase: e for e in estimate_plan(cfg, build_plan(cfg, "/tmp/x"))[0]}
     assert more["stage0.pretrain"].flops == pytest.approx(2 * base["stage0.pretrain"].flops, rel=0.05)
-    assert more["stage0.oracle"].flops == pytest.approx(2 * base["stage0.oracle"].flops)
+    # one reference pass for the checkpoint is shared by all trajectories: not quite proportional
+    assert more["stage0.oracle"].flops == pytest.approx(2 * base["stage0.oracle"].flops, rel=1e-4)
     assert all(e.seconds > 0 for e in base.values())
     # a 125M model for 5k iterations of 256 x 1024 tokens: ~6 * 1.25e8 * 1.3e9 ~ 1e18 FLOPs
     assert 5e17 < base["stage0.pretrain"].flops < 3e18

@@ -36,6 +36,14 @@ def train_parser() -> argparse.ArgumentParser:
         help="full: fine-tune the encoder (paper); fast: frozen encoder, heads on cached embeddings",
     )
     p.add_argument("--encoder", default="", help="local HF encoder folder (default: the bundled MiniLM)")
+    p.add_argument(
+        "--init-from",
+        default="",
+        metavar="MODEL",
+        help="warm start from a saved influence model (the previous round's): its heads, and its encoder "
+        "unless --encoder is given; with --mode fast that encoder is frozen, so a fine-tuned first round's "
+        "encoder serves every later round and their pool embeddings can be cached",
+    )
     p.add_argument("--chunk-len", type=int, default=0, help="tokens per chunk (default: encoder maximum)")
     p.add_argument("--max-chunks", type=int, default=0, help="chunks per document at most (default: all)")
     p.add_argument("--no-relation", action="store_true", help="train s(x) only (the MATES ablation)")
@@ -104,6 +112,7 @@ def train_main(argv: list[str] | None = None) -> int:
         max_steps=args.max_steps,
         progress=not args.no_progress,
         train_dir=args.train_dir,
+        init_from=args.init_from,
     )
     result = train_influence_model(cfg)
     import torch.distributed as dist

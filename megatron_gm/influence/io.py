@@ -181,3 +181,33 @@ def load_influence_model(
     model.to(device)
     model.eval()
     return model, manifest
+
+
+def warm_start_encoder(folder: str | os.PathLike) -> str:
+    """The encoder a model warm-started from ``folder`` begins with: its fine-tuned copy, or the frozen
+    encoder it names (so a chain of frozen rounds keeps the first round's fine-tuned encoder)."""
+    cfg = read_model_config(folder)
+    if cfg["fine_tuned"]:
+        return str(Path(folder) / "encoder")
+    return str(cfg["model"]["encoder_path"])
+
+
+def load_heads(model: InfluenceModel, folder: str | os.PathLike) -> None:
+    """Copy w, b, alpha, tau of the saved model in ``folder`` into ``model`` (a warm start)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(Path(folder) / "heads.safetensors"))
+    except (FileNotFoundError, SafetensorError) as e:
+        raise GMError(f"{folder}/heads.safetensors: unreadable ({e}); pass another --init-from") from e
+    if tuple(tensors["head.weight"].shape) != tuple(model.heads.head.weight.shape):
+        raise GMError(
+            f"--init-from {folder}: heads of width {tensors['head.weight'].shape[-1]}, the encoder's is "
+            f"{model.hidden_size}; warm-start from a model with the same encoder"
+        )
+    with torch.no_grad():
+        model.heads.head.weight.copy_(tensors["head.weight"])
+        model.heads.head.bias.copy_(tensors["head.bias"])
+        model.heads.alpha.copy_(tensors["alpha"])
+        model.heads.tau.copy_(tensors["tau"])

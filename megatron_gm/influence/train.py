@@ -42,7 +42,7 @@ from megatron_gm.influence.data import (
     zscore_stats,
 )
 from megatron_gm.influence.embed import cached_embeddings
-from megatron_gm.influence.io import KIND, save_influence_model
+from megatron_gm.influence.io import KIND, load_heads, save_influence_model, warm_start_encoder
 from megatron_gm.influence.model import (
     InfluenceModel,
     ModelConfig,
@@ -84,6 +84,7 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (benchmarks); 0 = all epochs
     progress: bool = True
     train_dir: str = ""  # training state; "" = "<output>_train"
+    init_from: str = ""  # warm start: a saved model's heads, and its encoder unless --encoder is given
 
     def validate(self) -> TrainConfig:
         if self.mode not in MODES:
@@ -255,6 +256,8 @@ class Run:
         cfg, prep = self.cfg, self.prep
         torch.manual_seed(cfg.seed)
         model = InfluenceModel(dataclasses.replace(model_config, relation=self.relation))
+        if cfg.init_from:
+            load_heads(model, cfg.init_from)
         if self.mode == "fast":
             model.encoder.requires_grad_(False)
             module = model.heads
@@ -511,6 +514,8 @@ def train_influence_model(cfg: TrainConfig) -> dict:
     cfg.validate()
     rank, world = gdist.init_distributed()
     out = Path(cfg.output)
+    if cfg.init_from and not cfg.encoder:
+        cfg = dataclasses.replace(cfg, encoder=warm_start_encoder(cfg.init_from))
     model_config = ModelConfig(
         cfg.encoder or default_encoder_path(),
         cfg.chunk_len,

@@ -87,7 +87,14 @@ def add_oracle_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         dest="gm_oracle_ref_samples",
         type=int,
         default=64,
-        help="reference samples of --seq-length tokens (seeded subset)",
+        help="reference samples (seeded subset): examples, or windows of --seq-length tokens when packed",
+    )
+    g.add_argument(
+        "--gm-oracle-ref-layout",
+        choices=("natural", "packed"),
+        default="natural",
+        help="natural: each reference record at its own length, attention never across records (the "
+        "paper's setting); packed: records joined into --seq-length windows (the old layout)",
     )
     g.add_argument(
         "--gm-oracle-ref-micro-batch-size",
@@ -133,6 +140,7 @@ class OracleConfig:
     ref_data: str
     ref_samples: int
     ref_micro_batch_size: int
+    ref_layout: str
     seed: int
     ref_seed: int
     shard_size: int
@@ -152,6 +160,7 @@ class OracleConfig:
             ref_data=args.gm_oracle_ref_data or str(DEFAULT_REF),
             ref_samples=args.gm_oracle_ref_samples,
             ref_micro_batch_size=args.gm_oracle_ref_micro_batch_size,
+            ref_layout=args.gm_oracle_ref_layout,
             seed=args.seed if args.gm_oracle_seed is None else args.gm_oracle_seed,
             ref_seed=args.gm_oracle_ref_seed,
             shard_size=args.gm_oracle_shard_size,
@@ -343,8 +352,9 @@ def prepare(argv: list[str]):
     tokenizer = build_tokenizer(args)
     check_architecture(args, ckpt, tokenizer.vocab_size)
     reference = build_reference(
-        cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.ref_seed
-    )
+        cfg.ref_data, tokenizer.tokenize, tokenizer.eod, args.seq_length, cfg.ref_samples, cfg.ref_seed,
+        layout=cfg.ref_layout,
+    )  # fmt: skip
     if reference.num_tokens < MIN_REFERENCE_TOKENS:
         raise GMError(
             f"{cfg.ref_data}: the reference set holds {reference.num_tokens} loss tokens, fewer than "
@@ -362,6 +372,8 @@ def build_manifest(args, cfg, ckpt, info, source, reference):
         "reference_hash": reference.digest,
         "reference_samples": len(reference),
         "reference_tokens": reference.num_tokens,
+        "reference_layout": reference.layout,
+        "reference_evaluated_tokens": reference.evaluated_tokens,
         "reference_file": os.path.basename(reference.source),
         "seq_length": args.seq_length,
     }
@@ -424,7 +436,8 @@ def run(argv: list[str]) -> dict:
         "data_parallel_groups": group.dp_size, "seconds": round(result.seconds, 3),
         "trajectories_per_hour": round(3600 * result.per_second * group.dp_size, 1),
         "base_ref_loss": result.base_loss, "reference_samples": len(reference),
-        "reference_tokens": reference.num_tokens, "T": source.T, "complete": result.complete,
+        "reference_tokens": reference.num_tokens, "reference_layout": reference.layout,
+        "reference_evaluated_tokens": reference.evaluated_tokens, "T": source.T, "complete": result.complete,
         "probe_train_step_s": engine.mean_time("step"), "reference_loss_s": engine.mean_time("ref"),
     }  # fmt: skip
     summary = {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}  # NaN -> null

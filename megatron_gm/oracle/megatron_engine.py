@@ -9,7 +9,9 @@ embedding across the first and last stage, layer norms under sequence parallelis
 plain optimizer reduces its clipping norm over the model-parallel group only.
 
 The reference loss is a forward-only pass in eval mode over the reference samples; the last pipeline
-stage sums token losses in float64 and broadcasts the mean to the other stages.
+stage sums token losses in float64 and broadcasts the mean to the other stages. A reference set in the
+natural layout runs as one pass per length bucket (``reference.length_buckets``), each at its own
+sequence length: right padding under causal attention leaves every counted loss as it is.
 """
 
 from __future__ import annotations
@@ -23,9 +25,20 @@ import numpy as np
 import torch
 
 from megatron_gm.errors import GMError
-from megatron_gm.oracle.reference import ReferenceSet
+from megatron_gm.oracle.reference import ReferenceSet, length_buckets, pad_multiple
 from megatron_gm.oracle.samples import SampleFormat, document_sample, to_batch
 from megatron_gm.oracle.snapshot import StateSnapshot
+
+
+@contextlib.contextmanager
+def use_seq_length(args, n: int):
+    """Megatron's get_batch sizes its TP broadcast by ``args.seq_length``: set it for a shorter pass."""
+    saved = args.seq_length
+    args.seq_length = n
+    try:
+        yield
+    finally:
+        args.seq_length = saved
 
 
 @contextlib.contextmanager
@@ -72,6 +85,26 @@ def ref_forward_step(data_iterator, model):
     return output, partial(_ref_loss_func, b["loss_mask"])
 
 
+def _ref_rows_loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
+    losses = output.view(loss_mask.shape).double()
+    mask = loss_mask.double()
+    rows = torch.stack([(losses * mask).sum(dim=1), mask.sum(dim=1)], dim=1)  # [mb, 2]
+    return rows[:, 0].sum().float(), mask.sum().to(torch.int), {"rows": rows.detach()}
+
+
+def ref_rows_forward_step(data_iterator, model):
+    """As ``ref_forward_step``, reporting [sum of token losses, token count] per row (float64)."""
+    from megatron.core.utils import get_attr_wrapped_model
+
+    from megatron_gm.megatron import gpt
+
+    b = gpt.get_batch(data_iterator, get_attr_wrapped_model(model, "vp_stage"))
+    output = model(
+        b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"], loss_mask=b["loss_mask"]
+    )
+    return output, partial(_ref_rows_loss_func, b["loss_mask"])
+
+
 class MegatronEngine:
     def __init__(
         self,
@@ -107,15 +140,20 @@ class MegatronEngine:
         ]
         self.snapshot = StateSnapshot(params, torch_opts, objects)
         self.ref_mbs = max(1, min(ref_micro_batch_size, len(reference)))
+        self.reference = reference
         self.ref_batches = self._reference_batches(reference)
         self.times = {"step": [0, 0.0], "ref": [0, 0.0]}
 
-    def _reference_batches(self, ref: ReferenceSet) -> list[dict]:
-        n, mb = len(ref), self.ref_mbs
-        pad = (-n) % mb
-        tokens = np.concatenate([ref.tokens, np.zeros((pad, ref.tokens.shape[1]), dtype=np.int64)])
-        mask = np.concatenate([ref.mask, np.zeros((pad, ref.mask.shape[1]), dtype=np.float32)])
-        return [to_batch(tokens[i : i + mb], mask[i : i + mb], self.fmt) for i in range(0, n + pad, mb)]
+    def _reference_batches(self, ref: ReferenceSet) -> list[tuple[int, list[dict]]]:
+        """(sequence length, batches) per length bucket; one bucket of seq_length for the packed layout."""
+        a = self.args
+        multiple = pad_multiple(
+            a.tensor_model_parallel_size if a.sequence_parallel else 1, a.context_parallel_size
+        )
+        return [
+            (L, [to_batch(t, m, self.fmt) for t, m in batches])
+            for L, batches in length_buckets(ref, self.ref_mbs, multiple)
+        ]
 
     def _iterator(self, batches: list[dict]):
         if len(self.model) > 1:  # virtual pipeline stages: one iterator per model chunk
@@ -136,39 +174,68 @@ class MegatronEngine:
             self._step([batch], 1)
         self._tick("step", start)
 
+    def _reference_pass(self, step_func) -> list[dict]:
+        """Forward-only over every length bucket in eval mode; the schedule's reports (last stage only)."""
+        for m in self.model:
+            m.eval()
+        reports = []
+        try:
+            for length, batches in self.ref_batches:
+                with torch.no_grad(), use_micro_batch_size(self.args, self.ref_mbs):
+                    with use_seq_length(self.args, length):
+                        reports += self.forward_backward(
+                            forward_step_func=step_func,
+                            data_iterator=self._iterator(batches),
+                            model=self.model,
+                            num_microbatches=len(batches),
+                            seq_length=length,
+                            micro_batch_size=self.ref_mbs,
+                            forward_only=True,
+                        )
+        finally:
+            for m in self.model:
+                m.train()
+        return reports
+
+    def _from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
+        from megatron.core import mpu
+
+        if mpu.get_pipeline_model_parallel_world_size() > 1:
+            t = t.to(_device())
+            torch.distributed.broadcast(
+                t,
+                src=mpu.get_pipeline_model_parallel_last_rank(),
+                group=mpu.get_pipeline_model_parallel_group(),
+            )
+        return t.cpu()
+
     def reference_loss(self) -> float:
         from megatron.core import mpu
 
         start = time.perf_counter()
-        for m in self.model:
-            m.eval()
-        try:
-            with torch.no_grad(), use_micro_batch_size(self.args, self.ref_mbs):
-                reports = self.forward_backward(
-                    forward_step_func=ref_forward_step,
-                    data_iterator=self._iterator(self.ref_batches),
-                    model=self.model,
-                    num_microbatches=len(self.ref_batches),
-                    seq_length=self.fmt.seq_length,
-                    micro_batch_size=self.ref_mbs,
-                    forward_only=True,
-                )
-        finally:
-            for m in self.model:
-                m.train()
+        reports = self._reference_pass(ref_forward_step)
         total = torch.zeros(2, dtype=torch.float64)
         if mpu.is_pipeline_last_stage(ignore_virtual=True):
             for r in reports:
                 total += r["ref"].cpu()
-        if mpu.get_pipeline_model_parallel_world_size() > 1:
-            total = total.to(_device())
-            torch.distributed.broadcast(
-                total,
-                src=mpu.get_pipeline_model_parallel_last_rank(),
-                group=mpu.get_pipeline_model_parallel_group(),
-            )
+        total = self._from_last_stage(total)
         self._tick("ref", start)
         return float(total[0] / total[1])
+
+    def reference_example_losses(self) -> np.ndarray:
+        """Per reference sample [n, 2] float64: (sum of its counted token losses, their count), in the
+        reference set's order. Any subset's loss is its rows' sum over their count (label reliability)."""
+        from megatron.core import mpu
+
+        reports = self._reference_pass(ref_rows_forward_step)
+        n, mb = len(self.reference), self.ref_mbs
+        rows = torch.zeros(n, 2, dtype=torch.float64)
+        if mpu.is_pipeline_last_stage(ignore_virtual=True):
+            order = np.argsort(self.reference.sample_lengths, kind="stable")
+            for k, r in enumerate(reports):
+                idx = order[k * mb : (k + 1) * mb]
+                rows[torch.from_numpy(idx)] = r["rows"].cpu()[: len(idx)]
+        return self._from_last_stage(rows).numpy()
 
     # -- training steps -----------------------------------------------------------------------------
 

@@ -24,7 +24,14 @@ from pathlib import Path
 
 from megatron_gm.errors import GMError, cli_main
 from megatron_gm.pipeline.config import PipelineConfig
-from megatron_gm.pipeline.estimate import estimate_plan, human_flops, human_time
+from megatron_gm.pipeline.estimate import (
+    KINDS,
+    cost_summary,
+    estimate_plan,
+    human_flops,
+    human_time,
+    reference_tokens,
+)
 from megatron_gm.pipeline.plan import DEFAULT_REF, Phase, build_plan
 from megatron_gm.pipeline.presets import PRESETS, preset
 from megatron_gm.pipeline.run import ROOT
@@ -123,6 +130,29 @@ def print_plan(
           "(in sequence; on Slurm the twin overlaps)")  # fmt: skip
 
 
+def print_cost(cfg: PipelineConfig, phases: list[Phase]) -> None:
+    """Every phase kind's share as in the paper's Table 5; the last line is the overhead in FLOPs."""
+    ests, hw, pool = estimate_plan(cfg, phases)
+    cost = cost_summary(phases, ests)
+    rounds = sum(p.kind == "select" and p.branch == "main" for p in phases)
+    _, per, how = reference_tokens(cfg)
+    i = cfg.influence
+    print(
+        f"\ncost of the main branch ({rounds} selection round(s); the random twin is a control, not counted)"
+    )
+    print(f"{'phase':<16} {'FLOPs':>12} {'of pretraining':>15} {'device time':>12} {'share of run':>13}")
+    for kind in KINDS:
+        f, sec = cost.flops[kind], cost.seconds[kind]
+        print(f"{kind:<16} {human_flops(f):>12} {100 * f / cost.flops['pretraining']:>14.1f}% "
+              f"{human_time(sec):>12} {100 * cost.time_share(kind):>12.1f}%")  # fmt: skip
+    print(f"assumes: {hw.name}; pool {pool.num_tokens / 1e9:.2f}B tokens"
+          f"{'' if pool.measured else ' (assumed)'}; oracle {cfg.oracle.trajectories} trajectories + "
+          f"2 x {cfg.oracle.bootstrap_beams} bootstrap x T={cfg.oracle.traj_len} (later rounds x "
+          f"{cfg.oracle.later_round_fraction:g}), reference {how}; influence {i.mode} mode, encoder "
+          f"{i.encoder or 'bundled MiniLM'}{', frozen after round 1' if i.freeze_encoder_after_first_round else ''}")  # fmt: skip
+    print(f"overhead: {100 * cost.overhead_flops:.1f}% of pretraining FLOPs")
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -160,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\ncommands:")
             for p in phases:
                 print(f"# {p.name}\n{shlex.join(launch_argv(p, python_exe(), ROOT))}")
+        print_cost(cfg, phases)
         return 0
 
     if any(p.kind == "oracle" for p in phases) and not Path(ref).is_file():

@@ -100,6 +100,12 @@ class OracleConfig:
     bootstrap_width: int = 5
     bootstrap_probe_count: int = 0
     extra_args: list[str] = dataclasses.field(default_factory=list)
+    # the reference set: each example at its own length ("natural", the paper's) or seq-length windows
+    # ("packed"); its mean example length for the estimate (0: measured from the reference file)
+    ref_layout: str = "natural"
+    ref_tokens_per_example: int = 0
+    # a later selection round probes this share of the first round's trajectories (random and bootstrap)
+    later_round_fraction: float = 1.0
 
 
 @dataclasses.dataclass
@@ -114,6 +120,9 @@ class InfluenceConfig:
     val_count: int = 0  # held-out trajectories (0: the tool's default, min(1000, 5%))
     seed: int = 1234
     extra_args: list[str] = dataclasses.field(default_factory=list)
+    encoder: str = ""  # local HF encoder folder ("": the bundled MiniLM)
+    warm_start: bool = False  # a later round starts from the previous round's influence model
+    freeze_encoder_after_first_round: bool = False  # full mode: later rounds train the heads only
 
 
 @dataclasses.dataclass
@@ -202,6 +211,12 @@ class PipelineConfig:
             raise GMError(f"train.wsd_cooldown must be in (0, 1], got {t.wsd_cooldown}")
         if t.eval_pack_points < 1:
             raise GMError(f"train.eval_pack_points must be >= 1, got {t.eval_pack_points}")
+        if self.oracle.ref_layout not in ("natural", "packed"):
+            raise GMError(f"oracle.ref_layout must be natural or packed, got {self.oracle.ref_layout!r}")
+        if not 0 < self.oracle.later_round_fraction <= 1:
+            raise GMError(
+                f"oracle.later_round_fraction must be in (0, 1], got {self.oracle.later_round_fraction}"
+            )
         return self
 
     # --- (de)serialisation --------------------------------------------------------------------------

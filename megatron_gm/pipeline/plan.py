@@ -121,12 +121,18 @@ def pretrain_args(cfg: PipelineConfig, stage: int, ckpt: Path, selection: Path |
     return args + list(t.extra_args)
 
 
+def round_count(cfg: PipelineConfig, stage: int, n: int) -> int:
+    """Trajectories (or bootstrap beams) of the round collected from stage ``stage``'s checkpoint: the first
+    round's ``n``, a later round ``oracle.later_round_fraction`` of it."""
+    return n if stage == 0 else max(1, round(n * cfg.oracle.later_round_fraction))
+
+
 def oracle_args(
     cfg: PipelineConfig, stage: int, ckpt: Path, out: Path, ref: str, trajectory_file: Path | None = None
 ) -> list[str]:
     o = cfg.oracle
     if trajectory_file is None:
-        source = ["--gm-oracle-trajectories", str(o.trajectories)]
+        source = ["--gm-oracle-trajectories", str(round_count(cfg, stage, o.trajectories))]
     else:  # the bootstrap round: every trajectory of the file
         source = ["--gm-oracle-policy", "file", "--gm-oracle-trajectory-file", str(trajectory_file)]
     args = [
@@ -141,15 +147,25 @@ def oracle_args(
         "--gm-oracle-seed", str(o.seed),
         "--gm-oracle-output", str(out),
     ]  # fmt: skip
+    if o.ref_layout != "natural":  # the tool's default is natural
+        args += ["--gm-oracle-ref-layout", o.ref_layout]
     return args + list(o.extra_args)
 
 
-def influence_args(cfg: PipelineConfig, oracles: list[Path], out: Path) -> list[str]:
+def influence_args(
+    cfg: PipelineConfig, oracles: list[Path], out: Path, init_from: Path | None = None, frozen: bool = False
+) -> list[str]:
+    """``init_from``: warm start from that model; ``frozen``: train the heads only on its encoder."""
     i = cfg.influence
     args = [
         "--data-path", cfg.data_path, "--oracle", *map(str, oracles), "--output", str(out),
-        "--mode", i.mode, "--seed", str(i.seed), "--threads", str(cfg.launch.threads), "--no-progress",
+        "--mode", "fast" if frozen else i.mode, "--seed", str(i.seed), "--threads", str(cfg.launch.threads),
+        "--no-progress",
     ]  # fmt: skip
+    if init_from is not None:
+        args += ["--init-from", str(init_from)]
+    elif i.encoder:
+        args += ["--encoder", i.encoder]
     for flag, v in (
         ("--epochs", i.epochs), ("--chunk-len", i.chunk_len), ("--max-chunks", i.max_chunks),
         ("--train-batch-size", i.train_batch_size), ("--val-count", i.val_count),
@@ -159,11 +175,12 @@ def influence_args(cfg: PipelineConfig, oracles: list[Path], out: Path) -> list[
     return args + list(i.extra_args)
 
 
-def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path) -> list[str]:
+def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path, stage: int = 0) -> list[str]:
     o = cfg.oracle
+    beams = round_count(cfg, stage, o.bootstrap_beams)
     args = [
         "--model", str(model), "--data-path", cfg.data_path, "--output", str(out),
-        "--T", str(o.traj_len), "--width", str(o.bootstrap_width), "--beams-per-tail", str(o.bootstrap_beams),
+        "--T", str(o.traj_len), "--width", str(o.bootstrap_width), "--beams-per-tail", str(beams),
         "--tails", "both", "--seed", str(o.seed), "--threads", str(cfg.launch.threads), "--no-progress",
         "--probe-count", str(o.bootstrap_probe_count),  # always: 0 means the whole pool, not the tool's default
     ]  # fmt: skip
@@ -256,6 +273,8 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
         return name
 
     prev_pretrain = ""
+    prev_model: Path | None = None  # the previous round's final influence model
+    later = cfg.influence.warm_start or cfg.influence.freeze_encoder_after_first_round
     for s in range(cfg.stages):
         d = out / f"stage{s}"
         ckpt = d / "checkpoints"
@@ -271,18 +290,21 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
         oracle = add("oracle", "main", s, oracle_args(cfg, s, ckpt, d / "oracle", ref), [prev_pretrain],
                      {"oracle": d / "oracle"})  # fmt: skip
         model = d / "influence"
-        infl = add("influence", "main", s, influence_args(cfg, [d / "oracle"], model), [oracle],
+        init = prev_model if later else None
+        frozen = init is not None and cfg.influence.freeze_encoder_after_first_round
+        infl = add("influence", "main", s, influence_args(cfg, [d / "oracle"], model, init, frozen), [oracle],
                    {"influence": model}, marker=model / "manifest.json")  # fmt: skip
         if cfg.oracle.bootstrap_beams:  # METHOD step 3: probe beam-searched tails, retrain on both rounds
             trajs = d / "bootstrap"
-            bs = add("bootstrap", "main", s, bootstrap_args(cfg, model, trajs), [infl], {"trajectories": trajs},
-                     marker=trajs / "manifest.json")  # fmt: skip
+            bs = add("bootstrap", "main", s, bootstrap_args(cfg, model, trajs, s), [infl],
+                     {"trajectories": trajs}, marker=trajs / "manifest.json")  # fmt: skip
             oracle2 = d / "oracle_bootstrap"
             ob = add("oracle", "main", s, oracle_args(cfg, s, ckpt, oracle2, ref, trajs), [bs],
                      {"oracle": oracle2}, suffix="_bootstrap")  # fmt: skip
             model = d / "influence_bootstrap"
-            infl = add("influence", "main", s, influence_args(cfg, [d / "oracle", oracle2], model), [ob],
-                       {"influence": model}, marker=model / "manifest.json", suffix="_bootstrap")  # fmt: skip
+            infl = add("influence", "main", s, influence_args(cfg, [d / "oracle", oracle2], model, init, frozen),
+                       [ob], {"influence": model}, marker=model / "manifest.json", suffix="_bootstrap")  # fmt: skip
+        prev_model = model
         nxt = out / f"stage{s + 1}" / "selection"
         add("select", "main", s + 1,
             select_args(cfg, s + 1, nxt, model=model, scores_from=None, method=cfg.select.method,
