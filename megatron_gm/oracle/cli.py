@@ -228,10 +228,16 @@ def inherit_flags(argv: list[str], ckpt) -> list[str]:
         add(f"--lr-decay-{unit}")
     if not given & {"--lr-warmup-fraction", "--lr-warmup-iters", "--lr-warmup-samples"}:
         add("--lr-warmup-fraction" if saved("--lr-warmup-fraction") is not None else f"--lr-warmup-{unit}")
-    if saved("--lr-decay-style") == "WSD":  # WSD needs its cooldown length (and style) to pass Megatron's checks
+    if (
+        saved("--lr-decay-style") == "WSD"
+    ):  # WSD needs its cooldown length (and style) to pass Megatron's checks
         add("--lr-wsd-decay-style")
         if not given & {"--lr-wsd-decay-iters", "--lr-wsd-decay-samples"}:
-            add("--lr-wsd-decay-iters" if saved("--lr-wsd-decay-iters") is not None else "--lr-wsd-decay-samples")
+            add(
+                "--lr-wsd-decay-iters"
+                if saved("--lr-wsd-decay-iters") is not None
+                else "--lr-wsd-decay-samples"
+            )
     for flag in INHERITED_SWITCHES:
         if flag not in given and saved(flag):
             extra.append(flag)
