@@ -8,7 +8,8 @@
 # continues where it stopped. POOL / REF point at other jsonl files; DATA at another folder holding the
 # bundled files; PRESET picks sizes. Arguments go to tools/run_pipeline.py, e.g.
 #   bash examples/quickstart.sh --dry-run            # the plan and a FLOPs/time estimate, nothing run
-#   bash examples/quickstart.sh --mode slurm --wait  # the same loop as sbatch jobs (slurm/*.sbatch)
+#   bash examples/quickstart.sh --mode slurm --wait  # the same loop as sbatch jobs (slurm/*.sbatch); on one
+#                                                    # machine start Slurm first: bash scripts/local_slurm.sh up
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -29,6 +30,21 @@ if [ ! -f "$REF" ]; then
 fi
 py="$root/.venv/bin/python"
 export PYTHONWARNINGS=ignore
+if [[ " $* " == *" --mode slurm "* && " $* " != *" --dry-run "* ]]; then
+  # the local single-host Slurm (scripts/local_slurm.sh up), when no other is configured
+  if [ -z "${SLURM_CONF:-}" ] && [ -f "$root/runs/local_slurm/ready" ]; then
+    export SLURM_CONF="$root/runs/local_slurm/slurm.conf"
+    echo "[quickstart] using the local Slurm: SLURM_CONF=$SLURM_CONF"
+  fi
+  # before any work: without a controller the chain would fail after preprocessing
+  PYTHONPATH="$root" "$py" -c 'import sys
+from megatron_gm.errors import GMError
+from megatron_gm.pipeline.slurm import check_controller
+try:
+    print("[quickstart] Slurm:", check_controller())
+except GMError as e:
+    sys.exit(f"error: {e}")'
+fi
 mkdir -p "$OUT"
 timed() {  # timed NAME CMD...: run CMD, print its wall time
   local t0=$SECONDS
