@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,6 +61,8 @@ def prepare(args, scratch: Path) -> tuple[Path, Path, int]:
                 break
             dst.write(line)
             n += 1
+            if n == 1:
+                (scratch / "one.jsonl").write_bytes(line)
     model = Path(args.tokenizer_model) if args.tokenizer_model else scratch / "tok.model"
     if not model.exists():
         subprocess.run(
@@ -83,16 +86,19 @@ def command(
     return cmd
 
 
-def timed(cmd: list[str], which: str, n_docs: int) -> tuple[float, float]:
-    """(wall seconds, the tool's own processing seconds)."""
+def timed(cmd: list[str], which: str, n_docs: int) -> tuple[float, float, float]:
+    """(wall seconds, the tool's own processing seconds, CPU seconds of the tool and its workers)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     if which == "megatron":
         env.pop("PYTHONPATH", None)  # Megatron's tool uses the installed megatron-core only
     else:
         env["PYTHONPATH"] = str(ROOT)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if r.returncode != 0:
         raise SystemExit(f"error: {which} failed ({r.returncode}): {r.stderr.strip().splitlines()[-1:]}")
     if which == "ours":
@@ -101,7 +107,7 @@ def timed(cmd: list[str], which: str, n_docs: int) -> tuple[float, float]:
     else:
         last = [x for x in r.stderr.splitlines() if x.startswith(f"Processed {n_docs} documents")][-1]
         work = n_docs / float(last.split("(")[1].split(" docs/s")[0])
-    return wall, work
+    return wall, work, cpu
 
 
 def digest(prefix: Path) -> str:
@@ -130,7 +136,11 @@ def run(args, scratch: Path) -> dict:
                 prefix = scratch / f"{which}_w{workers}"
                 for p in scratch.glob(f"{prefix.name}_text_document.*"):
                     p.unlink()
-                wall, work = timed(
+                one = scratch / "one.jsonl"
+                _, _, startup_cpu = timed(
+                    command(tools[which], which, one, scratch / f"one_{which}", model, workers, 1), which, 1
+                )
+                wall, work, cpu = timed(
                     command(tools[which], which, pool, prefix, model, workers, n_docs), which, n_docs
                 )
                 d = digest(prefix)
@@ -147,9 +157,15 @@ def run(args, scratch: Path) -> dict:
                         wall_s=wall,
                         work_s=work,
                         startup_s=wall - work,
+                        cpu_s=cpu,
+                        startup_cpu_s=startup_cpu,
                     )
                 )
-                print(f"[{rep}] {which:8s} workers={workers} wall={wall:.2f}s work={work:.2f}s", flush=True)
+                print(
+                    f"[{rep}] {which:8s} workers={workers} wall={wall:.2f}s work={work:.2f}s "
+                    f"cpu={cpu:.2f}s startup_cpu={startup_cpu:.2f}s",
+                    flush=True,
+                )
     n_tokens = count_tokens(scratch / "ours_w1")
     return summarize(runs, n_docs, n_tokens, reference, list(tools))
 
@@ -161,11 +177,15 @@ def summarize(runs, n_docs, n_tokens, digest_, tools) -> dict:
         for t in tools:
             mine = [r for r in runs if r["tool"] == t and r["workers"] == w]
             work = statistics.median(r["work_s"] for r in mine)
+            for r in mine:  # CPU seconds of the work: the run's CPU minus the tool's median start-up CPU
+                r["work_cpu_s"] = max(r["cpu_s"] - statistics.median(x["startup_cpu_s"] for x in mine), 1e-3)
             row[t] = dict(
                 startup_s=round(statistics.median(r["startup_s"] for r in mine), 3),
                 wall_s=round(statistics.median(r["wall_s"] for r in mine), 3),
                 docs_per_s=round(n_docs / work, 1),
                 tokens_per_s=round(n_tokens / work, 1),
+                work_cpu_s=round(statistics.median(r["work_cpu_s"] for r in mine), 3),
+                docs_per_cpu_s=round(n_docs / statistics.median(r["work_cpu_s"] for r in mine), 1),
             )
         if "megatron" in tools:
             pairs = [
@@ -179,6 +199,8 @@ def summarize(runs, n_docs, n_tokens, digest_, tools) -> dict:
             ]
             row["throughput_ratios"] = [round(b["work_s"] / a["work_s"], 3) for a, b in pairs]
             row["throughput_ratio_median"] = round(statistics.median(row["throughput_ratios"]), 3)
+            row["cpu_ratios"] = [round(b["work_cpu_s"] / a["work_cpu_s"], 3) for a, b in pairs]
+            row["cpu_ratio_median"] = round(statistics.median(row["cpu_ratios"]), 3)
             row["wall_ratio_median"] = round(
                 statistics.median(b["wall_s"] / a["wall_s"] for a, b in pairs), 3
             )
@@ -192,11 +214,13 @@ def report(res: dict, args) -> str:
         "",
         f"Pool: `{args.pool}` ({res['docs']:,} documents, {res['tokens']:,} tokens, GPTSentencePieceTokenizer, "
         f"--append-eod); {args.repeats} alternated repeats; every run wrote the same bytes (sha256 {res['digest']}).",
-        "Throughput is over each tool's own processing time (start-up split out); ratios are ours ÷ Megatron's per "
-        "alternated pair, median shown.",
+        "docs/s and tokens/s are over each tool's own processing time (start-up split out: the rest of the "
+        "wall time). CPU s is the work's CPU time (tool and workers, minus the tool's start-up CPU on a "
+        "one-document input): on a shared, busy machine it moves far less with the load than wall time. "
+        "Ratios are ours ÷ Megatron's per alternated pair, median shown.",
         "",
-        "| workers | tool | start-up s | wall s | docs/s | tokens/s |",
-        "|---|---|---|---|---|---|",
+        "| workers | tool | start-up s | wall s | docs/s | tokens/s | work CPU s | docs per CPU s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in res["table"]:
         for t in ("ours", "megatron"):
@@ -204,19 +228,21 @@ def report(res: dict, args) -> str:
                 r = row[t]
                 lines.append(
                     f"| {row['workers']} | {t} | {r['startup_s']:.2f} | {r['wall_s']:.2f} | "
-                    f"{r['docs_per_s']:,.0f} | {r['tokens_per_s']:,.0f} |"
+                    f"{r['docs_per_s']:,.0f} | {r['tokens_per_s']:,.0f} | {r['work_cpu_s']:.2f} | "
+                    f"{r['docs_per_cpu_s']:,.0f} |"
                 )
     if any("throughput_ratio_median" in row for row in res["table"]):
         lines += [
             "",
-            "| workers | throughput ratio (median, all pairs) | wall-time ratio (median) |",
-            "|---|---|---|",
+            "| workers | throughput ratio (median; all pairs) | CPU-time ratio (median; all pairs) | wall-time ratio |",
+            "|---|---|---|---|",
         ]
         for row in res["table"]:
             ratios = ", ".join(f"{x:.2f}" for x in row["throughput_ratios"])
+            cpu = ", ".join(f"{x:.2f}" for x in row["cpu_ratios"])
             lines.append(
                 f"| {row['workers']} | {row['throughput_ratio_median']:.2f} ({ratios}) | "
-                f"{row['wall_ratio_median']:.2f} |"
+                f"{row['cpu_ratio_median']:.2f} ({cpu}) | {row['wall_ratio_median']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 
