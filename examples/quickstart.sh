@@ -4,7 +4,9 @@
 #   stage 0 on random data -> oracle -> influence model -> selection -> stage 1 on the selection ->
 #   a second round -> stage 2, plus twin stages on random selections of the same size, and a report.
 # About 8 minutes on 2 idle CPU cores (embedding the pool with MiniLM, ~3 min, is paid once and reused
-# by the second round). Outputs go to runs/quickstart (override with OUT=...); rerunning
+# by the second round). The report (runs/quickstart/loop/report.txt, report.png) compares group vs its
+# random twin on the reference set and LAMBADA's evaluation half beside the pool-validation loss.
+# Outputs go to runs/quickstart (override with OUT=...); rerunning
 # continues where it stopped. POOL / REF point at other jsonl files; DATA at another folder holding the
 # bundled files; PRESET picks sizes. Arguments go to tools/run_pipeline.py, e.g.
 #   bash examples/quickstart.sh --dry-run            # the plan and a FLOPs/time estimate, nothing run
@@ -71,3 +73,14 @@ print(f"dataset {info.prefix}: {info.num_docs} documents, {info.num_tokens} toke
 PY
 timed loop "$py" tools/run_pipeline.py --preset "$PRESET" --out "$OUT/loop" --data-path "$OUT/pool_text_document" \
   --tokenizer-model "$OUT/tokenizer.model" --ref "$REF" "$@"
+case " $* " in
+  *" --dry-run "*) exit 0 ;;
+  *" --mode slurm "*) [[ " $* " == *" --wait "* ]] || exit 0 ;;  # submitted only: report once it is done
+esac
+# what selection aims at: group vs its random twin on the reference set and the LAMBADA evaluation half
+# (tools/evaluate.py on every stage's checkpoint) beside the pool-validation loss, plus a PNG of the curves
+LAMBADA="${LAMBADA:-$DATA/lambada_eval.jsonl.gz}"
+prompts=()
+[ -f "$LAMBADA" ] && prompts=(--prompts "$LAMBADA")
+timed report "$py" -m megatron_gm.pipeline.report --run "$OUT/loop" --ref "$REF" "${prompts[@]}"
+echo "[quickstart] report: $OUT/loop/report.txt, curves: $OUT/loop/report.png"
