@@ -166,17 +166,31 @@ class WordEncoder:
 
     def _reset(self):
         self.index = {"": 0}
-        self.starts = np.array([0, len(self._empty)], dtype=np.int64)
-        self.flat = np.asarray(self._empty, dtype=np.int64)
+        self._n_flat = len(self._empty)
+        self._starts = np.zeros(1 << 16, dtype=np.int64)  # grown by doubling: learning stays linear
+        self._flat = np.zeros(1 << 18, dtype=np.int64)
+        self._starts[1] = self._n_flat
+        self._flat[: self._n_flat] = self._empty
+
+    @staticmethod
+    def _fit(arr: np.ndarray, size: int) -> np.ndarray:
+        if size <= len(arr):
+            return arr
+        grown = np.zeros(max(size, 2 * len(arr)), dtype=arr.dtype)
+        grown[: len(arr)] = arr
+        return grown
 
     def _learn(self, words: list[str]) -> None:
         encoded = self.sp.encode(words, num_threads=1)
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        new_flat = np.fromiter(chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
-        base = len(self.index)
+        total = int(lengths.sum())
+        base, n0 = len(self.index), self._n_flat
+        self._flat = self._fit(self._flat, n0 + total)
+        self._flat[n0 : n0 + total] = np.fromiter(chain.from_iterable(encoded), dtype=np.int64, count=total)
+        self._starts = self._fit(self._starts, base + len(words) + 1)
+        self._starts[base + 1 : base + 1 + len(words)] = n0 + np.cumsum(lengths)
+        self._n_flat = n0 + total
         self.index.update(zip(words, range(base, base + len(words))))
-        self.starts = np.concatenate([self.starts, self.starts[-1] + np.cumsum(lengths)])
-        self.flat = np.concatenate([self.flat, new_flat])
 
     def _slots(self, words: list[str]) -> np.ndarray:
         """Index of each word in the memory, learning the words not seen before."""
@@ -196,10 +210,10 @@ class WordEncoder:
         split = [t.split(" ") if t else [] for t in texts]
         words = list(chain.from_iterable(split))
         slots = self._slots(words)
-        first = self.starts[slots]
-        n = self.starts[slots + 1] - first
+        first = self._starts[slots]
+        n = self._starts[slots + 1] - first
         ends = np.cumsum(n)
-        tokens = self.flat[np.repeat(first - ends + n, n) + np.arange(ends[-1] if len(ends) else 0)]
+        tokens = self._flat[np.repeat(first - ends + n, n) + np.arange(ends[-1] if len(ends) else 0)]
         word_ends = np.cumsum(np.fromiter(map(len, split), dtype=np.int64, count=len(split)))
         doc_ends = np.concatenate([[0], ends])[word_ends]
         lengths = np.diff(doc_ends, prepend=0)
