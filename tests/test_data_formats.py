@@ -270,3 +270,21 @@ def test_skip_counts_are_the_same_in_every_tool(env, tmp_path):
     path = write_jsonl(tmp_path / "mix.jsonl", lines)
     statuses = Counter(s for s, _, _ in iter_records([path], ["text"], "id"))
     assert statuses == {"ok": 3, "json": 1, "surrogate": 1}
+
+
+def test_tokenizer_training_reads_every_format_the_same(env, tmp_path):
+    d, corpus = env
+    records = [json.loads(x) for x in corpus.read_text().splitlines()]
+    files = _write_formats(tmp_path / "src", records)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, (fmt, lo, hi) in enumerate((("zst", 0, 100), ("parquet", 100, 220), ("gz", 220, 300))):
+        part = _write_formats(tmp_path / f"part{i}", records[lo:hi])[fmt]
+        os.replace(part, shards / f"{i:02d}_{part.name}")
+    models = []
+    for name, inputs in (("jsonl", [files["jsonl"]]), ("zst", [files["zst"]]), ("parquet", [files["parquet"]]),
+                         ("glob", [shards / "*"])):  # fmt: skip
+        args = ["--input", *map(str, inputs), "--model-prefix", str(tmp_path / name), "--vocab-size", "400"]
+        assert train_main(args) == 0, name
+        models.append((tmp_path / f"{name}.model").read_bytes())
+    assert models[0] == models[1] == models[2] == models[3]
