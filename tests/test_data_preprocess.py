@@ -161,7 +161,8 @@ def test_cli_error_is_one_line_without_traceback(setup, tmp_path):
     assert "Traceback" not in r.stderr
     assert (
         r.stderr.strip().splitlines()[-1]
-        == f"error: {tmp_path / 'nope.jsonl'}: input not found; pass a .jsonl or .jsonl.gz file with --input"
+        == f"error: {tmp_path / 'nope.jsonl'}: input not found; pass a .jsonl, .jsonl.gz, .jsonl.zst or .parquet "
+        "file (or a glob) with --input"
     )
 
 

@@ -193,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print_cost(cfg, phases)
         return 0
 
+    if args.mode == "slurm":  # before any work: a run without a controller would fail after it
+        from megatron_gm.pipeline.slurm import check_controller
+
+        print(f"[pipeline] Slurm: {check_controller()}")
     if any(p.kind == "oracle" for p in phases) and not Path(ref).is_file():
         raise GMError(f"{ref}: reference set not found; pass --ref <jsonl[.gz]> or set oracle.ref_path")
     from megatron_gm.pipeline.run import open_run

@@ -66,6 +66,32 @@ def sbatch_options(phase: Phase, launch: LaunchConfig, log_dir: Path, run_name: 
     return opts + list(launch.sbatch_args)
 
 
+LOCAL_HINT = (
+    "start a single-host one with `bash scripts/local_slurm.sh up` (it prints the SLURM_CONF to export)"
+)
+
+
+def check_controller(timeout: float = 20.0) -> str:
+    """One line on the reachable controller; a one-line GMError saying what to do when there is none."""
+    if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
+        raise GMError("sbatch/scontrol not found: Slurm's client is not installed here; run scripts/setup.sh "
+                      "or use --mode local")  # fmt: skip
+    conf = os.environ.get("SLURM_CONF", "")
+    if conf and not Path(conf).is_file():
+        raise GMError(f"SLURM_CONF={conf}: file not found; {LOCAL_HINT}, or use --mode local")
+    try:
+        r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout)
+        out = (r.stdout + r.stderr).strip()
+    except subprocess.TimeoutExpired:
+        r, out = None, f"no answer in {timeout:.0f}s"
+    if r is None or r.returncode != 0 or " is UP" not in out:
+        first = out.splitlines()[-1] if out else "no output"
+        where = f"SLURM_CONF={conf}" if conf else "SLURM_CONF unset"
+        raise GMError(f"no reachable Slurm controller ({where}; scontrol ping: {first}); {LOCAL_HINT}, "
+                      "or use --mode local")  # fmt: skip
+    return next(line for line in out.splitlines() if " is UP" in line).strip()
+
+
 def queue_states(job_ids: list[str]) -> dict[str, str] | None:
     """job id -> Slurm state for the given jobs that slurmctld still knows; None if squeue failed.
 
