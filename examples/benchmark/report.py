@@ -308,12 +308,31 @@ def _fmt(v, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
+def _tables(by_set: dict, key: str, fmt, wins: bool = False) -> list[str]:
+    """One markdown table per evaluation set: per seed, mean, 95% CI (and wins k of n)."""
+    lines = []
+    for s, table in by_set.items():
+        extra = (" wins |", "---|") if wins else ("", "")
+        lines += [
+            f"**{s}**",
+            "",
+            f"| {key} | per seed | mean | 95% CI |{extra[0]}",
+            f"|---|---|---|---|{extra[1]}",
+        ]
+        for name, e in table.items():
+            row = f"| {name} | {', '.join(fmt(x) for x in e['per_seed'])} | {fmt(e['mean'])} | "
+            row += f"[{fmt(e['ci95'][0])}, {fmt(e['ci95'][1])}] |"
+            lines.append(row + (f" {e['wins']} of {e['n']} |" if wins else ""))
+        lines.append("")
+    return lines
+
+
 def markdown(res: dict) -> str:
     c = res["config"]
     lines = [
         "# Evidence benchmark: Group-MATES vs random, MATES, quota-only and a fastText filter",
         "",
-        f"Command: `{res['command']}` at commit `{res['commit']}`.",
+        f"Command: `{res['command']}` at commit `{res['commit']}` (report written at `{res['report_commit']}`).",
         "",
         "## What this measures",
         "",
@@ -328,7 +347,7 @@ def markdown(res: dict) -> str:
         f"{c['ratio']:.0%} of the pool; stage 1 trains on that selection. Seeds: "
         f"{', '.join(map(str, res['seeds']))}.",
         "- The oracle's reference set is the even-numbered articles of WikiText-103 validation "
-        f"({c['oracle']['ref_max_examples']} windows of {c['model']['seq_length']} tokens, the same for every seed); "
+        f"({c['oracle']['ref_max_examples']} samples of at most {c['model']['seq_length']} tokens, the same for every seed); "
         "the fastText filter's positives are all of those articles' text.",
         "- Development evaluation (a fixed subset for every seed and method, never seen by the oracle or the "
         "filter): `reference` = the odd-numbered articles of WikiText-103 validation (other articles than "
@@ -360,19 +379,9 @@ def markdown(res: dict) -> str:
             + (f" ({e['never_reached']} seed(s) never reached it)" if e["never_reached"] else "")
             for m, e in table.items()))  # fmt: skip
     lines += ["", "## Final losses", ""]
-    for s, table in res["final_loss"].items():
-        lines += [f"**{s}**", "", "| run | per seed | mean | 95% CI |", "|---|---|---|---|"]
-        for r, e in table.items():
-            lines.append(f"| {r} | {', '.join(_fmt(x) for x in e['per_seed'])} | {_fmt(e['mean'])} | "
-                         f"[{_fmt(e['ci95'][0])}, {_fmt(e['ci95'][1])}] |")  # fmt: skip
-        lines.append("")
+    lines += _tables(res["final_loss"], "run", lambda x: _fmt(x))
     lines += ["## Paired differences (final loss; negative = the first method is better)", ""]
-    for s, table in res["paired"].items():
-        lines += [f"**{s}**", "", "| pair | per seed | mean | 95% CI | wins |", "|---|---|---|---|---|"]
-        for pair, e in table.items():
-            lines.append(f"| {pair} | {', '.join(f'{x:+.4f}' for x in e['per_seed'])} | {e['mean']:+.4f} | "
-                         f"[{e['ci95'][0]:+.4f}, {e['ci95'][1]:+.4f}] | {e['wins']} of {e['n']} |")  # fmt: skip
-        lines.append("")
+    lines += _tables(res["paired"], "pair", lambda x: f"{x:+.4f}", wins=True)
     lines += ["## Why: influence models, labels, selections", ""]
     for k, d in enumerate(res["diagnostics"]["seeds"]):
         parts = []
@@ -425,7 +434,8 @@ def write_report(out: Path, a, data, heldout: bool = False, results_dir: str = "
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parents[2], capture_output=True,
                             text=True).stdout.strip()  # fmt: skip
     res = {
-        "commit": commit,
+        "commit": bench.get("run_commit") or commit,  # the commit the runs were made at
+        "report_commit": commit,
         "command": " ".join(["examples/benchmark/run_benchmark.py", *bench["argv"]]),
         "config": {
             "params": bench["params"],

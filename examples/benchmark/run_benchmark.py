@@ -270,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     params, first, second = iterations(a, data)
     tpi = a.gbs * a.seq_length
     largest = (round(a.budget_list[-1] * (first + second)) - first) * tpi  # random's longest stage 1
-    bench = {"argv": sys.argv[1:], "quick": a.quick, "seeds": a.seeds, "params": params, "stage_iters": [first, second],
-             "tokens_per_iteration": tpi, "pool_tokens": data.pool_tokens, "pool_docs": data.pool_docs,
-             "budgets": a.budget_list, "data": vars(data)}  # fmt: skip
-    (out / "benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
+    if not a.report_only or not (out / "benchmark.json").exists():  # the run's command, not the report's
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+        bench = {"argv": sys.argv[1:], "run_commit": commit.strip(), "quick": a.quick, "seeds": a.seeds,
+                 "params": params, "stage_iters": [first, second], "tokens_per_iteration": tpi,
+                 "pool_tokens": data.pool_tokens, "pool_docs": data.pool_docs, "budgets": a.budget_list,
+                 "data": vars(data)}  # fmt: skip
+        (out / "benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
     print(f"[bench] GPT {params:,} parameters, {(first + second) * tpi / params:.1f} tokens a parameter ({first}+"
           f"{second} iterations of {tpi} tokens); pool {data.pool_tokens:,} tokens: {data.pool_tokens / (second * tpi):.1f}x "
           f"a method's selected stage, {data.pool_tokens / largest:.1f}x random's longest", flush=True)  # fmt: skip
