@@ -187,6 +187,8 @@ def diagnostics(out: Path, a, prefix: str) -> dict:
 
 def phase_seconds(sd: Path) -> dict:
     out: dict = {}
+    if not sd.is_dir():  # a seed not started yet (a report of a run in progress)
+        return out
     for folder in [sd / "group"] + [p for p in sorted(sd.iterdir()) if p.is_dir() and p.name != "group"]:
         st = _json(folder / "state.json")
         if not st:
@@ -334,6 +336,15 @@ def markdown(res: dict) -> str:
         "",
         f"Command: `{res['command']}` at commit `{res['commit']}` (report written at `{res['report_commit']}`).",
         "",
+        *(
+            [
+                f"**In progress: {res['complete_seeds']} of {len(res['seeds'])} seeds complete** (written at "
+                f"{res['written']}); every table below holds only what has finished.",
+                "",
+            ]
+            if res["complete_seeds"] < len(res["seeds"])
+            else []
+        ),
         "## What this measures",
         "",
         f"- GPT with {c['params']:,} parameters ({c['model']['num_layers']} layers, hidden {c['model']['hidden_size']}, sequence "
