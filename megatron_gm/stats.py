@@ -1,31 +1,21 @@
-"""Small statistics used in reports: percentile-bootstrap confidence intervals."""
+"""Percentile-bootstrap confidence intervals for reports (scipy.stats.bootstrap, seeded)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
+from scipy import stats
 
 
-def bootstrap_ci(
-    values,
-    stat: Callable[[np.ndarray], float] = np.mean,
-    *,
-    n: int = 10000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``stat`` over ``values`` (resampled with replacement, seeded)."""
+def bootstrap_ci(values, *, n: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (one value: that value, twice)."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise ValueError("bootstrap_ci of no values")
-    if x.size == 1:
+    if x.size == 1 or np.all(x == x[0]):  # scipy needs two distinct resamples' worth of data
         return float(x[0]), float(x[0])
-    idx = np.random.default_rng(seed).integers(0, x.size, size=(n, x.size))
-    boots = np.array([stat(x[i]) for i in idx])
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(boots, [tail, 100 - tail])
-    return float(lo), float(hi)
+    ci = stats.bootstrap((x,), np.mean, n_resamples=n, confidence_level=level, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval  # fmt: skip
+    return float(ci.low), float(ci.high)
 
 
 def spearman_ci(
@@ -33,18 +23,16 @@ def spearman_ci(
 ) -> tuple[float, float]:
     """CI of the Spearman correlation of ``pred`` and ``label`` ([trajectories, T]), resampling whole
     trajectories (the positions of one trajectory are not independent)."""
-    from scipy.stats import spearmanr
 
     pred, label = np.asarray(pred), np.asarray(label)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n):
-        i = rng.integers(0, len(pred), size=len(pred))
-        rho = spearmanr(pred[i].reshape(-1), label[i].reshape(-1)).statistic
-        if np.isfinite(rho):
-            boots.append(rho)
-    if not boots:
+
+    def rho(rows):  # the resampled trajectories
+        rows = rows.astype(np.int64)
+        return stats.spearmanr(pred[rows].reshape(-1), label[rows].reshape(-1)).statistic
+
+    rows = np.arange(len(pred))
+    if len(rows) < 2:
         return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(boots, [tail, 100 - tail])
-    return float(lo), float(hi)
+    ci = stats.bootstrap((rows,), rho, vectorized=False, n_resamples=n, confidence_level=level,
+                         method="percentile", random_state=np.random.default_rng(seed)).confidence_interval  # fmt: skip
+    return float(ci.low), float(ci.high)
