@@ -89,8 +89,9 @@ def prompts_from_jsonl(path: str, tokenize, seq_length: int) -> tuple[np.ndarray
     return tokens, mask
 
 
-def windows_from_dataset(prefix: str, doc_range: tuple[int, int], eod_appended: bool, seq_length: int):
-    """Documents ``[lo, hi)`` of an indexed dataset as one stream cut into seq_length + 1 windows."""
+def windows_from_dataset(prefix: str, doc_range: tuple[int, int], seq_length: int):
+    """Documents ``[lo, hi)`` of an indexed dataset (each ending in its EOD, as preprocessed with
+    ``--append-eod``) as one stream cut into windows of seq_length + 1 tokens, every seq_length tokens."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     ds = IndexedDataset(prefix)
@@ -98,7 +99,6 @@ def windows_from_dataset(prefix: str, doc_range: tuple[int, int], eod_appended: 
     if not 0 <= lo < hi <= len(ds):
         raise GMError(f"{prefix}: document range {lo}..{hi} outside the dataset's {len(ds)} documents")
     stream = np.concatenate([np.asarray(ds[i], dtype=np.int64) for i in range(lo, hi)])
-    del eod_appended  # documents already end in EOD when preprocessed with --append-eod
     n = (len(stream) - 1) // seq_length
     if n < 1:
         raise GMError(f"{prefix}: documents {lo}..{hi} hold fewer than {seq_length + 1} tokens")

@@ -83,7 +83,7 @@ def test_hook_logs_and_matches_evaluate(tmp_path):
     )
     ref_w = windows_from_jsonl(str(ref), _tokenize, VOCAB - 1, SEQ)
     assert ref_w[0].shape == (8, SEQ + 1)  # 3 x 41 tokens -> ceil(122 / 16) windows, the last one padded
-    pool_w = windows_from_dataset(str(tmp_path / "pool"), (54, 60), True, SEQ)
+    pool_w = windows_from_dataset(str(tmp_path / "pool"), (54, 60), SEQ)
     stream = sum(len(d) for d in docs[54:60])
     assert pool_w[0].shape == ((stream - 1) // SEQ, SEQ + 1)
     np.testing.assert_array_equal(pool_w[0][0], np.concatenate(docs[54:60])[: SEQ + 1])

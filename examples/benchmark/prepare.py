@@ -85,7 +85,7 @@ def build_pack(d: Data, out: Path, seq_length: int, sizes: dict[str, int], split
     sets = {
         "reference": (*subset(*windows_from_jsonl(d.ref_eval, tok.tokenize, tok.eod, seq_length), sizes["reference"], 0), "windows"),
         "lambada": (*subset(*prompts_from_jsonl(d.lambada, tok.tokenize, seq_length), sizes["lambada"], 0), "prompts"),
-        "pool_valid": (*subset(*windows_from_dataset(d.prefix, (lo, hi), True, seq_length), sizes["pool_valid"], 0), "windows"),
+        "pool_valid": (*subset(*windows_from_dataset(d.prefix, (lo, hi), seq_length), sizes["pool_valid"], 0), "windows"),
     }  # fmt: skip
     meta = {
         "reference": f"{Path(d.ref_eval).name}: WikiText-103 validation, odd articles (never the oracle's)",

@@ -223,7 +223,7 @@ def run_heldout(out: Path, a, col: dict) -> dict:
     return res
 
 
-def heldout_tables(col: dict, held: dict, a) -> tuple[dict, dict, dict]:
+def heldout_tables(col: dict, held: dict, a) -> tuple[dict, dict, dict, dict]:
     """Fold held-out final losses into the curves' final values so the same efficiency code applies."""
     for k, per in enumerate(col["seeds"]):
         for r, v in held.get(k, {}).items():
@@ -243,11 +243,7 @@ def heldout_tables(col: dict, held: dict, a) -> tuple[dict, dict, dict]:
             paper[key][m] = summarize_efficiency(effs)
     finals, diffs = final_table(col, (key,))
     blimp = {r: [held[k][r]["blimp"] for k in held if r in held[k]] for r in col["runs"]}
-    return paper, finals | diffs_wrap(diffs), blimp
-
-
-def diffs_wrap(diffs: dict) -> dict:
-    return {f"{k} (paired)": v for k, v in diffs.items()}
+    return paper, finals, diffs, blimp
 
 
 def plots(folder: Path, col: dict, a) -> list[str]:
@@ -423,9 +419,8 @@ def markdown(res: dict) -> str:
             lines.append(f"- efficiency on {s}: " + "; ".join(f"{m} {e['mean']} (per seed {e['per_seed']})"
                                                              for m, e in table.items()))  # fmt: skip
         for s, table in h["final_loss"].items():
-            if "paired" in s:
-                continue
             lines.append(f"- final {s}: " + "; ".join(f"{r} {e['mean']:.4f}" for r, e in table.items()))
+        lines += ["", *_tables(h["paired"], "pair", lambda x: f"{x:+.4f}", wins=True)]
         lines.append("- BLiMP accuracy (4,000 pairs): " + "; ".join(
             f"{r} {np.mean(v):.3f}" for r, v in h["blimp"].items() if v))  # fmt: skip
         if h.get("clean_share"):
@@ -484,10 +479,10 @@ def write_report(out: Path, a, data, heldout: bool = False, results_dir: str = "
         from heldout import clean_share
 
         held = run_heldout(out, a, col)
-        h_eff, h_final, blimp = heldout_tables(col, held, a)
+        h_eff, h_final, h_paired, blimp = heldout_tables(col, held, a)
         sels = {f"seed{k}/{m}": stage1_dir(out / f"seed{k}", m) / "selection" for k in range(a.seeds)
                 for m in METHODS if (stage1_dir(out / f"seed{k}", m) / "selection" / "documents.npy").is_file()}  # fmt: skip
-        res["heldout_results"] = {"efficiency": h_eff, "final_loss": h_final, "blimp": blimp,
+        res["heldout_results"] = {"efficiency": h_eff, "final_loss": h_final, "paired": h_paired, "blimp": blimp,
                                   "clean_share": clean_share(Path(a.heldout_dir), data.prefix, sels) if sels else {}}  # fmt: skip
     res["plots"] = plots(folder, col, a)
     (folder / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")

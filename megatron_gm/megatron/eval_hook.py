@@ -86,14 +86,15 @@ def _load(args):
 
 def evaluate(model: list, iteration: int) -> dict | None:
     """Score the pack at ``iteration`` if due; rank 0 appends the line. Returns the row (rank 0) or None."""
-    import torch
     from megatron.training import get_args
-
-    from megatron_gm.evaluate import prompt_metrics, reference_metrics, score_samples
 
     args = get_args()
     if not getattr(args, "gm_eval_pack", None) or not _due(args, iteration):
-        return None
+        return None  # every training iteration passes here: nothing else before this check
+    import torch
+
+    from megatron_gm.evaluate import prompt_metrics, reference_metrics, score_samples
+
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return None  # the replicas are identical; one process evaluates
     sets, fmt, vocab = _load(args)

@@ -31,25 +31,15 @@ from megatron_gm.oracle.snapshot import StateSnapshot
 
 
 @contextlib.contextmanager
-def use_seq_length(args, n: int):
-    """Megatron's get_batch sizes its TP broadcast by ``args.seq_length``: set it for a shorter pass."""
-    saved = args.seq_length
-    args.seq_length = n
+def override_arg(args, name: str, value):
+    """Set ``args.<name>`` for one pass: Megatron's get_batch sizes its TP broadcast by ``args.seq_length``
+    and ``args.micro_batch_size``."""
+    saved = getattr(args, name)
+    setattr(args, name, value)
     try:
         yield
     finally:
-        args.seq_length = saved
-
-
-@contextlib.contextmanager
-def use_micro_batch_size(args, n: int):
-    """Megatron's get_batch broadcasts ``args.micro_batch_size`` rows across TP ranks: set it for a pass."""
-    saved = args.micro_batch_size
-    args.micro_batch_size = n
-    try:
-        yield
-    finally:
-        args.micro_batch_size = saved
+        setattr(args, name, saved)
 
 
 def check_optimizer(optimizer) -> list:
@@ -170,7 +160,7 @@ class MegatronEngine:
         _seed_everything(seed)
         tokens, mask = document_sample(self.dataset, doc, self.fmt.seq_length)
         batch = to_batch(tokens, mask, self.fmt)
-        with use_micro_batch_size(self.args, 1):
+        with override_arg(self.args, "micro_batch_size", 1):
             self._step([batch], 1)
         self._tick("step", start)
 
@@ -181,8 +171,8 @@ class MegatronEngine:
         reports = []
         try:
             for length, batches in self.ref_batches:
-                with torch.no_grad(), use_micro_batch_size(self.args, self.ref_mbs):
-                    with use_seq_length(self.args, length):
+                with torch.no_grad(), override_arg(self.args, "micro_batch_size", self.ref_mbs):
+                    with override_arg(self.args, "seq_length", length):
                         reports += self.forward_backward(
                             forward_step_func=step_func,
                             data_iterator=self._iterator(batches),
@@ -285,7 +275,7 @@ class MegatronEngine:
             batches.append(to_batch(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), self.fmt))
         self.config.finalize_model_grads_func = finalize_model_grads
         try:
-            with use_micro_batch_size(self.args, micro_batch_size):
+            with override_arg(self.args, "micro_batch_size", micro_batch_size):
                 self._step(batches, num_microbatches, rerun_guard=True)  # warm-up
                 torch.distributed.barrier()
                 start = time.perf_counter()
