@@ -12,7 +12,7 @@ from megatron_gm.errors import GMError
 from megatron_gm.pipeline.slurm import check_controller
 from tests.slurm_cluster import slurm_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.skipif(slurm_available() is not None, reason=str(slurm_available())),

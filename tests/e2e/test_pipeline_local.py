@@ -16,7 +16,7 @@ from megatron_gm.errors import GMError
 from megatron_gm.pipeline.state import RunState
 from tests.pipeline_toy import expected_result, result, run_local, work_counts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 

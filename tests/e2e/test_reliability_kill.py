@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from tests import kill_writers
+from tests.e2e.test_reliability_runs import flags, no_orphans_within, pretrain
 from tests.influence_fixtures import tiny_encoder, token_pool
 from tests.reliability_fixtures import ROOT
-from tests.test_reliability_runs import flags, no_orphans_within, pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ITERS = 30  # pretraining point: long enough that a kill lands mid-stage even on a busy machine

@@ -22,7 +22,7 @@ import pytest
 from megatron_gm.pipeline.state import RunState
 from tests.slurm_cluster import SlurmCluster, slurm_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 POOL = DATA / "pool_20k.jsonl.gz"
 N_DOCS = 300

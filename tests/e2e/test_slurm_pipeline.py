@@ -18,7 +18,7 @@ from megatron_gm.pipeline.state import RunState
 from tests.pipeline_toy import expected_result, result, toy_plan, work_counts
 from tests.slurm_cluster import SlurmCluster, slurm_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(slurm_available() is not None, reason=str(slurm_available())),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "benchmark"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples" / "benchmark"))
 
 from metrics import aggregate, curve_band, overhead_share, token_efficiency, tokens_to_reach, wins  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 from megatron_gm.errors import GMError
 from megatron_gm.pipeline.presets import preset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _calibration():

@@ -14,7 +14,7 @@ from megatron_gm.data.tokenizer import build_tokenizer
 from megatron_gm.data.train_tokenizer import main as train_main
 from tests.fixtures import make_corpus, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from megatron_gm.manifest import Manifest
 from megatron_gm.selection.artifact import save_selection
 from tests.fixtures import make_corpus, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SELECTED = sorted([0, 3, 4, 10, 57, 58, 59, 120, 121, 250] + list(range(130, 240)))  # 120 of 300
 
 # A user's own pretraining script: Megatron's pretrain() with pretrain_gpt.py's pieces, the CPU shim

@@ -18,7 +18,7 @@ from megatron_gm.data.indexed import write_indexed_dataset
 from megatron_gm.evaluate import prompt_metrics, prompt_samples, score_samples
 from megatron_gm.oracle.samples import SampleFormat
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ = 64, 16
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": VOCAB}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}

@@ -19,7 +19,7 @@ from tests.distributed import run_distributed_test
 from tests.influence_fixtures import oracle_store, tiny_encoder, token_pool
 
 ALPHA, TAU = 1.5, 0.8
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

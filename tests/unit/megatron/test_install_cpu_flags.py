@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.timeout(300)
 
 # one interpreter (importing torch and Megatron is the slow part): install() with a CPU-ready command

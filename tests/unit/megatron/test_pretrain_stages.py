@@ -22,7 +22,7 @@ from megatron_gm.manifest import Manifest
 from megatron_gm.sampler import StageOrder
 from megatron_gm.selection.artifact import save_selection
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ, GBS = 256, 64, 4
 STAGE1_START, TRAIN_ITERS = 4, 10
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": VOCAB}

@@ -23,7 +23,7 @@ import pytest
 from megatron_gm.data.indexed import write_indexed_dataset
 from megatron_gm.oracle.store import load_oracle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ, N, T, SHARD = 256, 32, 24, 3, 2
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": VOCAB}
 pytestmark = pytest.mark.timeout(300)

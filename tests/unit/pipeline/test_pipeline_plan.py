@@ -19,7 +19,7 @@ from megatron_gm.pipeline.presets import PRESETS, preset
 from megatron_gm.pipeline.run import open_run
 from megatron_gm.pipeline.state import RunState
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _arg(args: list[str], flag: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 SBATCH = sorted((ROOT / "slurm").glob("*.sbatch"))
 SCRIPTS = [*SBATCH, ROOT / "slurm" / "common.sh", ROOT / "examples" / "quickstart.sh"]
 PHASES = {"pretrain_stage", "collect_oracle", "train_influence", "bootstrap", "select_data"}

@@ -20,7 +20,7 @@ from megatron_gm.selection.scores import write_scores
 from tests.fixtures import write_jsonl
 from tests.select_helpers import run_tool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 REF = "river city market council season album station energy report music garden winter empire".split()
 NOISE = "zorbax quilm fendrix plovet grask wumble trazzo vexum kordal snib yarrow blenth obquo".split()
 N_DOCS = 200  # even documents are reference-like, odd ones noise
