@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Collect oracle influence labels from a stage checkpoint (METHOD.md step 1), on Megatron.
+"""Collect oracle influence labels from a stage checkpoint (docs/method.md step 1), on Megatron.
 
 Launch it like pretraining, with pretraining's model and data flags plus the --gm-oracle-* group:
 

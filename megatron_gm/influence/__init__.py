@@ -1,4 +1,4 @@
-"""Relational data influence model (METHOD.md steps 2 and 3): model, scoring API, training, bootstrap.
+"""Relational data influence model (docs/method.md steps 2 and 3): model, scoring API, training, bootstrap.
 
 Scoring API used by selection::
 

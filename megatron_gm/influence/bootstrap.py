@@ -1,4 +1,4 @@
-"""Bootstrap round (METHOD.md step 3): beam-search trajectories of extreme predicted group influence.
+"""Bootstrap round (docs/method.md step 3): beam-search trajectories of extreme predicted group influence.
 
 The group influence of a trajectory x_0..x_{T-1} is Σ_t Î_t with the model's own prediction (step 0 uses
 s(x_0), as the model does; the reference code scored every first pick 0). Beam search: every beam is

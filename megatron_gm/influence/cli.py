@@ -126,7 +126,7 @@ def train_main(argv: list[str] | None = None) -> int:
 def bootstrap_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Beam-search bootstrap trajectories of lowest and highest predicted group influence "
-        "(METHOD.md step 3); writes a trajectory file for tools/collect_oracle.py."
+        "(docs/method.md step 3); writes a trajectory file for tools/collect_oracle.py."
     )
     p.add_argument("--model", required=True, help="influence model folder (tools/train_influence_model.py)")
     p.add_argument("--data-path", required=True, help="Megatron data prefix of the candidate pool")

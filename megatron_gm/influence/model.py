@@ -1,4 +1,4 @@
-"""The relational data influence model (RDIM, METHOD.md step 2).
+"""The relational data influence model (RDIM, docs/method.md step 2).
 
 An HF encoder E embeds a document as h: the text is cut into chunks of the encoder's maximum length,
 each chunk's [CLS] vector is L2-normalised and h is their mean (not renormalised, so ||h|| <= 1).

@@ -1,4 +1,4 @@
-"""Train the relational data influence model under DeepSpeed (METHOD.md step 2).
+"""Train the relational data influence model under DeepSpeed (docs/method.md step 2).
 
 Loss: MSE between the group prediction and the z-scored oracle labels (mean/std over all positions of the
 training split). A held-out split of trajectories (default min(1,000, 5 %)) is scored by Spearman

@@ -94,7 +94,7 @@ class OracleConfig:
     ref_path: str = ""  # default: the bundled WikiText-103 reference set
     ref_max_examples: int = 32
     seed: int = 1234
-    # the bootstrap round (METHOD step 3): beam-searched trajectories per tail (0: no bootstrap round),
+    # the bootstrap round (docs/method.md step 3): beam-searched trajectories per tail (0: no bootstrap round),
     # beam width, and how many random pool documents the search draws from (0: the whole pool)
     bootstrap_beams: int = 0
     bootstrap_width: int = 5

@@ -1,4 +1,4 @@
-"""Selection (METHOD.md step 4): scoring the pool, clustering, greedy group selection, the artifact.
+"""Selection (docs/method.md step 4): scoring the pool, clustering, greedy group selection, the artifact.
 
 - ``greedy.py``    greedy relational pick inside one cluster (running sums, O(|C| d) memory)
 - ``methods.py``   group / individual / quota / random with one budget; ``select_documents`` in one process

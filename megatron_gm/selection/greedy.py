@@ -1,4 +1,4 @@
-"""Greedy group selection inside one cluster (METHOD.md step 4).
+"""Greedy group selection inside one cluster (docs/method.md step 4).
 
 The first pick is argmin s. Every later pick is the argmin, over the documents not yet picked, of
 

@@ -1,4 +1,4 @@
-"""The selection run across ranks: score, cluster, assign, select, gather, write (METHOD.md step 4).
+"""The selection run across ranks: score, cluster, assign, select, gather, write (docs/method.md step 4).
 
 Every phase's result is independent of the number of ranks: shards have fixed boundaries, centroids are
 trained on rank 0 only (seeded sample, fixed threads), a cluster's selection only depends on its own

@@ -67,7 +67,7 @@ def test_plan_chains_stages_and_twin(tmp_path):
 
 
 def test_bootstrap_round(tmp_path):
-    """METHOD step 3: beam-search with the first model, probe those trajectories from the same
+    """docs/method.md step 3: beam-search with the first model, probe those trajectories from the same
     checkpoint, retrain on both stores; the selection uses the retrained model."""
     cfg = preset("test")
     cfg.override("oracle.bootstrap_beams=4")

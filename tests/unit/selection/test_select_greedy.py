@@ -10,7 +10,7 @@ from megatron_gm.selection.greedy import greedy_group_select
 
 
 def brute_force(h, s, alpha, tau, quota):
-    """METHOD.md step 4 literally: recompute mean_j (1 - <h_j, h_x>/tau) from scratch at every step."""
+    """docs/method.md step 4 literally: recompute mean_j (1 - <h_j, h_x>/tau) from scratch at every step."""
     h = h.astype(np.float64)
     chosen = []
     for k in range(quota):
