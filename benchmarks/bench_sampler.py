@@ -8,7 +8,7 @@
    and data), alternated --repeats times; medians of Megatron's "elapsed time per iteration" and of its
    "batch-generator" timer, skipping the first --warmup iterations of each run.
 
-    .venv/bin/python tools/bench_sampler.py --workdir /tmp/bench_sampler
+    .venv/bin/python benchmarks/bench_sampler.py --workdir /tmp/bench_sampler
 """
 
 from __future__ import annotations

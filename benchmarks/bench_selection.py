@@ -10,7 +10,7 @@
 Both runs of each part must write the same artifact bytes; the script checks it. Results go to stdout and
 to WORKDIR/bench_selection.json.
 
-    python examples/bench_selection.py --workdir /tmp/bench_sel
+    python benchmarks/bench_selection.py --workdir /tmp/bench_sel
 """
 
 from __future__ import annotations
