@@ -14,6 +14,8 @@ from tests.slurm_cluster import slurm_available
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
     pytest.mark.timeout(240),
     pytest.mark.skipif(slurm_available() is not None, reason=str(slurm_available())),
 ]

@@ -17,7 +17,7 @@ from megatron_gm.pipeline.state import RunState
 from tests.pipeline_toy import expected_result, result, run_local, work_counts
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.megatron, pytest.mark.mpi, pytest.mark.timeout(240)]
 
 
 def _start_driver(out: Path, steps: int, sleep: float) -> subprocess.Popen:

@@ -25,7 +25,7 @@ from tests.e2e.test_reliability_runs import flags, no_orphans_within, pretrain
 from tests.influence_fixtures import tiny_encoder, token_pool
 from tests.reliability_fixtures import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(600)]
 ITERS = 30  # pretraining point: long enough that a kill lands mid-stage even on a busy machine
 LEFTOVER = re.compile(r"(\.tmp\d+|\.old\d+|^\.tmp\d+_.*|\.lock)$")
 

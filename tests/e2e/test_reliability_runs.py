@@ -33,7 +33,7 @@ from tests.reliability_fixtures import (
     write_pool,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(300)]
 HANG_LIMIT_S = 60
 
 

@@ -21,7 +21,7 @@ from megatron_gm.selection.scoring import influence_model_hash
 from tests.fixtures import make_corpus
 from tests.select_helpers import ROOT, TOOL, error_line, run_tool
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.mpi, pytest.mark.timeout(300)]
 
 N_DOCS, SHARD = 60, 6
 

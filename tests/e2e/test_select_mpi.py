@@ -10,7 +10,7 @@ import pytest
 from megatron_gm.selection.artifact import load_selection
 from tests.select_helpers import ROOT, TOOL, error_line, reference_selection, run_tool, synthetic_scores
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.mpi, pytest.mark.timeout(300)]
 
 K = 8
 
@@ -72,6 +72,7 @@ def test_seed_and_ratio_reach_the_selection(scores, tmp_path):
     np.testing.assert_array_equal(docs, reference_selection(h, s, method="group", k=K, ratio=0.25, stage=2))
 
 
+@pytest.mark.slurm
 def test_srun_with_pmix_gives_the_same_bytes(scores, tmp_path):
     """Under a real (single-host) Slurm: srun --mpi=pmix -n 2 equals one plain process; without an MPI
     plugin the tasks refuse with one clear line instead of each acting as rank 0."""

@@ -30,6 +30,10 @@ N_DOCS = 300
 SETS = ["--set", "oracle.extra_args=--gm-oracle-shard-size 4"]
 
 pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
+    pytest.mark.megatron,
+    pytest.mark.mpi,
     pytest.mark.timeout(600),
     pytest.mark.skipif(slurm_available() is not None, reason=str(slurm_available())),
     pytest.mark.skipif(not POOL.exists(), reason=f"{POOL} not found (the bundled data)"),

@@ -217,6 +217,7 @@ def _register(*args):
     )
 
 
+@pytest.mark.slow
 def test_register_dataset_records_ids_and_refuses_bad_files(env, tmp_path, capsys):
     d, corpus = env
     prefix = tmp_path / "meg_text_document"

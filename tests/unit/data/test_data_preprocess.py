@@ -139,6 +139,7 @@ def test_existing_output_refused_unless_overwrite(setup, tmp_path, capsys):
     assert len(ds) == 600
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_without_traceback(setup, tmp_path):
     d, corpus, _ = setup
     r = subprocess.run(
@@ -166,6 +167,7 @@ def test_cli_error_is_one_line_without_traceback(setup, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_megatron_written_dataset_is_registered_and_read(tmp_path):
     """The reverse direction: a dataset written by Megatron's own builder gets our sidecar."""
     prefix = str(tmp_path / "meg_text_document")

@@ -109,6 +109,8 @@ def test_export_refuses_another_pool_and_existing_output(pool, tmp_path, capsys)
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "x.bin").read_bytes() == before
 
 
+@pytest.mark.megatron
+@pytest.mark.slow
 def test_megatron_trains_on_the_export_without_install(pool, tmp_path):
     d, _, _, sel = pool
     out = tmp_path / "exported_text_document"

@@ -90,6 +90,8 @@ print("RESULT " + json.dumps({"out": out, "ref": direct(p.reference.tokens, p.re
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.megatron
+@pytest.mark.slow
 def test_megatron_checkpoint_matches_direct_forward(tmp_path):
     rng = np.random.default_rng(0)
     docs = [np.append(rng.integers(0, VOCAB - 1, rng.integers(5, 30)), VOCAB - 1) for _ in range(40)]

@@ -71,6 +71,7 @@ def _heads(folder: Path) -> dict:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow
 def test_fast_mode_recovers_known_parameters_from_two_stores(world, tmp_path):
     h, info = world["h"], world["info"]
     n, T = 400, 10
@@ -111,6 +112,7 @@ def test_fast_mode_recovers_known_parameters_from_two_stores(world, tmp_path):
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_continues(world, tmp_path):
     h, info = world["h"], world["info"]
     docs, labels, _, _ = synthetic(h, 40, 4, seed=2)
@@ -203,6 +205,7 @@ def test_deepspeed_config_checks(tmp_path):
         dataclasses.replace(cfg, mode="slow").validate()
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_write_nothing(world, tmp_path):
     h, info = world["h"], world["info"]
     docs, labels, _, _ = synthetic(h, 20, 4, seed=4)
@@ -244,6 +247,7 @@ def _cache(rank, world_size, enc, prefix, docs, folder, fingerprint):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_embedding_cache_split_across_two_ranks(world, tmp_path):
     """Fast mode's cache: ranks embed alternate shards; every rank gets all vectors, equal to one process's."""
     info, h = world["info"], world["h"]

@@ -28,6 +28,7 @@ def _heads(folder) -> dict:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_round_two_starts_from_round_one_and_keeps_its_encoder_frozen(tmp_path):
     from megatron_gm.influence.io import read_model_config, warm_start_encoder
     from megatron_gm.influence.model import encoder_hash

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ = 64, 16
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": VOCAB}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def _tokenize(text: str) -> list[int]:

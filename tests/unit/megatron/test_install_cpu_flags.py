@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(300)]
 
 # one interpreter (importing torch and Megatron is the slow part): install() with a CPU-ready command
 # line, then the flag check again on command lines that ask for a GPU

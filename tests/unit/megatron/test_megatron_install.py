@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(120)]
 
 CHECK = """
 import sys

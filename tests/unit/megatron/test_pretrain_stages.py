@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ, GBS = 256, 64, 4
 STAGE1_START, TRAIN_ITERS = 4, 10
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": VOCAB}
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _docs(seed: int, n: int = 300):

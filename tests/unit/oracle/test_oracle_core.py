@@ -300,6 +300,7 @@ def _dp_worker(rank, world, prefix, out):
     return _collect(prefix, out, rank, world)
 
 
+@pytest.mark.slow
 def test_collect_resume_and_data_parallel_give_one_store(pool, tmp_path):
     info, _, ds = pool
     prefix = info.prefix

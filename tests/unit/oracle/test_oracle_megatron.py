@@ -26,7 +26,7 @@ from megatron_gm.oracle.store import load_oracle
 ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ, N, T, SHARD = 256, 32, 24, 3, 2
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": VOCAB}
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(300)]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 

@@ -153,6 +153,7 @@ def test_bad_inputs_are_one_line_errors(pool, capsys, change, message):
     assert not (root / "err").exists() and not list(root.glob(".err.tmp*"))
 
 
+@pytest.mark.slow
 def test_tool_exit_code_and_existing_output(pool, tmp_path):
     root, _ = pool
     (tmp_path / "junk").mkdir()

@@ -54,6 +54,7 @@ def test_ratio_one_selects_everything(scores, tmp_path):
     np.testing.assert_array_equal(docs, np.arange(600))
 
 
+@pytest.mark.mpi
 def test_more_clusters_than_documents(scores, tmp_path):
     proc = select(scores, tmp_path / "out", "--gm-num-clusters", 601, ranks=2)
     assert proc.returncode != 0
@@ -67,6 +68,7 @@ def test_ratio_too_small_for_the_clusters_selects_nothing(scores, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.mpi
 def test_existing_output_is_refused_then_replaced_only_with_overwrite(scores, tmp_path):
     out = tmp_path / "sel"
     assert select(scores, out).returncode == 0
