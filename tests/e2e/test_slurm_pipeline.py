@@ -20,6 +20,9 @@ from tests.slurm_cluster import SlurmCluster, slurm_available
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
+    pytest.mark.megatron,
     pytest.mark.timeout(300),
     pytest.mark.skipif(slurm_available() is not None, reason=str(slurm_available())),
 ]
@@ -67,7 +70,7 @@ def test_chain_survives_kill9_scancel_and_requeue(slurm, tmp_path):
     c (torchrun): SIGUSR1 to the batch shell (--signal=B:USR1@N before the time limit) -> the phase
       saves, the job requeues itself and the same job id finishes.
     d (one process) then runs as one Slurm task.
-    The result equals an uninterrupted run's (and the local executor's: tests/test_pipeline_local.py)."""
+    The result equals an uninterrupted run's (and the local executor's: tests/e2e/test_pipeline_local.py)."""
     out = tmp_path / "run"
     steps = 4
     drv = _driver(out, steps=steps, sleep=0.5, nodes=2)
