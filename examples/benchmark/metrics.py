@@ -1,6 +1,6 @@
 """Pure numerics of the benchmark: token efficiency on a loss curve, seed aggregation, overhead FLOPs.
 
-No I/O, no Megatron: unit-tested in tests/test_benchmark_metrics.py.
+No I/O, no Megatron: unit-tested in tests/unit/bench/test_benchmark_metrics.py.
 """
 
 from __future__ import annotations
