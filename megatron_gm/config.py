@@ -30,7 +30,10 @@ class SettingError(GMError):
 
     def __init__(self, flag: str, field: str, value: Any, reason: str):
         self.flag, self.field, self.value, self.reason = flag, field, value, reason
-        super().__init__(f"{flag} {value}: {reason}")
+        # "--x must be >= 1, got 0", or "--x 0: <why>" for a reason in other words
+        super().__init__(
+            f"{flag} {reason}, got {value}" if reason.startswith("must") else f"{flag} {value}: {reason}"
+        )
 
 
 def setting(
@@ -167,9 +170,11 @@ def check_settings(cfg: Any, prefix: str = "--", skip: tuple[str, ...] = ()) -> 
             ok = isinstance(v, base) and not (base is not bool and isinstance(v, bool))
         if not ok:
             raise SettingError(flag, f.name, v, f"must be a {getattr(base, '__name__', base)}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise SettingError(flag, f.name, v, "must be a finite number")
         low, high, above, below = (m.get(k) for k in ("low", "high", "above", "below"))
+        bounded = any(x is not None for x in (low, high, above, below))
+        if isinstance(v, float) and not math.isfinite(v):
+            reason = f"must be {_range(low, high, above, below)}" if bounded else "must be a finite number"
+            raise SettingError(flag, f.name, v, reason)
         choices = m.get("choices")
         if choices and v not in choices:
             raise SettingError(flag, f.name, v, f"must be {_one_of(choices)}")

@@ -174,13 +174,13 @@ def test_set_with_an_old_name_names_the_new_one():
 
 def test_check_settings_bounds():
     cfg = FilterConfig(data_path="d", positives="p", h_from="h", output="o", holdout=0.5)
-    with pytest.raises(GMError, match=r"^--holdout 0.5: must be in \[0, 0.5\)$"):
+    with pytest.raises(GMError, match=r"^--holdout must be in \[0, 0.5\), got 0.5$"):
         check_settings(cfg)
     cfg.holdout, cfg.lr = 0.0, 0.0
-    with pytest.raises(GMError, match=r"^--lr 0.0: must be > 0$"):
+    with pytest.raises(GMError, match=r"^--lr must be > 0, got 0.0$"):
         check_settings(cfg)
     cfg.lr, cfg.seed = 0.1, 2**31
-    with pytest.raises(GMError, match=r"^--seed 2147483648: must be in \[0, 2147483647\]$"):
+    with pytest.raises(GMError, match=r"^--seed must be in \[0, 2147483647\], got 2147483648$"):
         check_settings(cfg)
 
 
