@@ -54,7 +54,7 @@ def load_run(run: Path) -> tuple[PipelineConfig, list[Phase], dict, est.PoolStat
     except (OSError, ValueError, KeyError) as e:
         raise GMError(f"{run}: not a finished pipeline run ({e}); pass --fit/--check a run folder") from e
     phases = [
-        p for p in build_plan(cfg, run, cfg.oracle.ref_path) if state.get(p.name, {}).get("status") == "done"
+        p for p in build_plan(cfg, run, cfg.oracle.ref_data) if state.get(p.name, {}).get("status") == "done"
     ]
     if not phases:
         raise GMError(f"{run}/state.json: no finished phase; run the pipeline first")

@@ -58,15 +58,15 @@ def oracle_argv(run: Path, args, out: Path) -> list[str]:
     except (OSError, ValueError) as e:
         raise GMError(f"{run}/config.json: unreadable ({e}); pass --run a pipeline run folder") from e
     if args.ref:
-        cfg.oracle.ref_path = str(Path(args.ref).resolve())
-    phase = next(p for p in build_plan(cfg, run, cfg.oracle.ref_path) if p.name == "stage0.oracle")
+        cfg.oracle.ref_data = str(Path(args.ref).resolve())
+    phase = next(p for p in build_plan(cfg, run, cfg.oracle.ref_data) if p.name == "stage0.oracle")
     if not (run / "stage0" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file():
         raise GMError(f"{run}/stage0/checkpoints: no checkpoint; run the pipeline's stage 0 first")
     return [
         *phase.args,
         "--gm-oracle-trajectories", str(args.trajectories), "--gm-oracle-T", str(args.T),
         "--gm-oracle-ref-samples", str(args.ref_examples), "--gm-oracle-output", str(out / "unused_store"),
-        "--gm-oracle-ref-data", cfg.oracle.ref_path,
+        "--gm-oracle-ref-data", cfg.oracle.ref_data,
     ]  # fmt: skip
 
 

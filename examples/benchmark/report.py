@@ -354,7 +354,7 @@ def markdown(res: dict) -> str:
         f"{c['ratio']:.0%} of the pool; stage 1 trains on that selection. Seeds: "
         f"{', '.join(map(str, res['seeds']))}.",
         "- The oracle's reference set is the even-numbered articles of WikiText-103 validation "
-        f"({c['oracle']['ref_max_examples']} samples of at most {c['model']['seq_length']} tokens, the same for every seed); "
+        f"({c['oracle']['ref_samples']} samples of at most {c['model']['seq_length']} tokens, the same for every seed); "
         "the fastText filter's positives are all of those articles' text.",
         "- Development evaluation (a fixed subset for every seed and method, never seen by the oracle or the "
         "filter): `reference` = the odd-numbered articles of WikiText-103 validation (other articles than "
@@ -362,7 +362,7 @@ def markdown(res: dict) -> str:
         "split (off-target: general ability).",
         f"- Random also trains at {', '.join(f'{b:g}x' for b in res['random_budgets'])} the methods' tokens, each "
         "with its own complete WSD schedule from the shared stage-0 checkpoint.",
-        f"- Oracle: {c['oracle']['trajectories']} random + {2 * c['oracle']['bootstrap_beams']} bootstrap "
+        f"- Oracle: {c['oracle']['trajectories']} random + {2 * c['bootstrap']['beams_per_tail']} bootstrap "
         f"trajectories (T=10); influence models chosen on {c['val_count']} validation trajectories.",
         "",
         "## Token efficiency, the paper's way",
@@ -455,6 +455,7 @@ def write_report(out: Path, a, data, heldout: bool = False, results_dir: str = "
             "pool_docs": data.pool_docs,
             "ratio": a.ratio,
             "oracle": a.oracle,
+            "bootstrap": a.bootstrap,
             "val_count": a.val_count,
             "eval_sizes": a.eval_sizes,
             "quick": a.quick,
@@ -464,7 +465,7 @@ def write_report(out: Path, a, data, heldout: bool = False, results_dir: str = "
         "tokens_per_param": (first + second) * bench["tokens_per_iteration"] / bench["params"],
         "seeds": [1234 + 1000 * k for k in range(a.seeds)],
         "methods": list(METHODS),
-        "bootstrap_round": bool(a.oracle.get("bootstrap_beams")),
+        "bootstrap_round": bool(a.bootstrap.get("beams_per_tail")),
         "random_budgets": a.budget_list,
         "efficiency": eff,
         "efficiency_matched_quality": conv,

@@ -77,7 +77,8 @@ def settings(a) -> None:
             num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=128, seq_length=64
         )
         a.vocab, a.gbs, a.lr, a.warmup = 1024, 8, 3e-3, 10
-        a.oracle = dict(trajectories=40, ref_max_examples=8, bootstrap_beams=4, bootstrap_probe_count=400)
+        a.oracle = dict(trajectories=40, ref_samples=8)
+        a.bootstrap = dict(beams_per_tail=4, probe_count=400)
         a.val_count, a.eval_sizes = 10, {"reference": 64, "lambada": 100, "pool_valid": 64}
         a.set = ["influence.train_batch_size=8", *a.set]
     else:
@@ -86,9 +87,8 @@ def settings(a) -> None:
         )
         a.vocab, a.gbs, a.lr, a.warmup = 4096, 32, 3e-3, 40
         # 240 random + 60 bootstrap trajectories (T=10: 3,000 labels); 100 of them validate the influence model
-        a.oracle = dict(
-            trajectories=240, ref_max_examples=32, bootstrap_beams=30, bootstrap_probe_count=10000
-        )
+        a.oracle = dict(trajectories=240, ref_samples=32)
+        a.bootstrap = dict(beams_per_tail=30, probe_count=10000)
         a.val_count, a.eval_sizes = 100, {"reference": 128, "lambada": 500, "pool_valid": 128}
     a.seq_length = a.model["seq_length"]
     a.first_share, a.ratio, a.split = 1 / 3, 0.5, "98,2,0"
@@ -119,9 +119,9 @@ def py() -> str:
 
 def iterations(a, data) -> tuple[int, int, int]:
     """(params, stage-0 iterations, stage-1 iterations) for >= tokens_per_param tokens a parameter."""
-    from megatron_gm.pipeline.config import ModelConfig
+    from megatron_gm.pipeline.config import GPTConfig
 
-    params = ModelConfig(**a.model, vocab_size=data.vocab_size).params()
+    params = GPTConfig(**a.model, vocab_size=data.vocab_size).params()
     total = math.ceil(a.tokens_per_param * params / (a.gbs * a.seq_length))
     first = round(total * a.first_share)
     return params, first, total - first
@@ -137,10 +137,10 @@ def pipeline_argv(a, data, seed_dir: Path, seed: int) -> list[str]:
         "train.wsd_cooldown=0.2", f"train.eval_pack={data.pack}", "train.eval_pack_points=20",
         f"train.save_interval={max(1, (first + second) // 4)}", "train.eval_interval=100000", "train.eval_iters=1",
         "train.log_interval=50", "train.extra_args=--hidden-dropout 0 --attention-dropout 0 --num-workers 0",
-        "oracle.traj_len=10", "oracle.extra_args=--gm-oracle-ref-seed 1234",
+        "oracle.T=10", "oracle.extra_args=--gm-oracle-ref-seed 1234",
         f"select.ratio={a.ratio}", f"select.embed_cache={Path(a.out) / 'embeddings'}",
         f"influence.val_count={a.val_count}",
-    ] + [f"oracle.{k}={v}" for k, v in a.oracle.items()]  # fmt: skip
+    ] + [f"oracle.{k}={v}" for k, v in a.oracle.items()] + [f"bootstrap.{k}={v}" for k, v in a.bootstrap.items()]  # fmt: skip
     sets += [f"{k}.seed={seed}" for k in ("train", "oracle", "influence", "select")]
     argv = ["--preset", "tiny", "--stages", "2", "--random-twin", "--out", str(seed_dir / "group"),
             "--data-path", data.prefix, "--tokenizer-model", data.tokenizer, "--ref", data.ref_oracle]  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_gm.config import check_settings, setting
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest, atomic_write_bytes
 
@@ -174,26 +175,25 @@ def load_trajectories(
 
 @dataclasses.dataclass
 class BootstrapConfig:
-    model: str  # influence model folder
-    data_path: str  # Megatron data prefix of the pool
-    output: str
-    T: int = 10
-    width: int = 5
-    beams_per_tail: int = 10000
-    tails: str = "both"  # both, low, high
-    probe_count: int = 20000  # random pool documents searched (0 = all)
-    probe_indices: str = ""  # .npy of document indices instead of a random sample
-    seed: int = 1234
-    embed_batch_size: int = 32
-    progress: bool = True
+    """The beam search's settings; each field is the flag ``--<field>`` of bootstrap_trajectories.py."""
+
+    model: str = setting(help="influence model folder (tools/train_influence_model.py)")
+    data_path: str = setting(help="Megatron data prefix of the candidate pool")
+    output: str = setting(help="trajectory folder to write")
+    T: int = setting(10, "trajectory length (documents per trajectory)", low=1)
+    width: int = setting(5, "beam width: extensions kept per beam and step", low=1)
+    beams_per_tail: int = setting(10000, "beams kept per step = trajectories per tail", low=1)
+    tails: str = setting(
+        "both", "search the lowest, the highest or both tails", choices=("both", "low", "high")
+    )
+    probe_count: int = setting(20000, "random pool documents to search (0: all)", low=0)
+    probe_indices: str = setting("", ".npy of document indices to search instead")
+    seed: int = setting(1234, "probing-pool sample seed")
+    embed_batch_size: int = setting(32, "chunks per encoder call when embedding", low=1)
+    progress: bool = setting(True, "no progress bars", flag="--no-progress")
 
     def validate(self) -> BootstrapConfig:
-        if self.tails not in ("both", "low", "high"):
-            raise GMError(f"--tails must be both, low or high, got {self.tails!r}")
-        if self.T < 1 or self.width < 1 or self.beams_per_tail < 1:
-            raise GMError("--T, --width and --beams-per-tail must be >= 1")
-        if self.probe_count < 0 or self.embed_batch_size < 1:
-            raise GMError("--probe-count must be >= 0 and --embed-batch-size >= 1")
+        check_settings(self)
         return self
 
 

@@ -59,7 +59,7 @@ def load_stores(folders: list[str], dataset_fingerprint: str, num_docs: int | No
         if a is not None and b is not None and a != b:
             raise GMError(
                 f"{f}: oracle labels measured on reference set {b}, but {folders[0]} on {a}; "
-                "collect every store with the same --gm-oracle-ref"
+                "collect every store with the same --gm-oracle-ref-data"
             )
     docs = np.concatenate([p.documents for p in parts]).astype(np.int64)
     labels = np.concatenate([p.labels for p in parts]).astype(np.float32)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_gm.config import check_settings, setting
 from megatron_gm.errors import GMError
 from megatron_gm.influence import dist as gdist
 from megatron_gm.influence.data import (
@@ -60,51 +61,51 @@ DEFAULT_EPOCHS = {"full": 5, "fast": 50}
 
 @dataclasses.dataclass
 class TrainConfig:
-    data_path: str  # Megatron data prefix of the pool
-    oracle: list[str]  # oracle store folders (several rounds at once)
-    output: str  # the model folder (only the model's files)
-    mode: str = "full"
-    encoder: str = ""  # "" = bundled MiniLM
-    chunk_len: int = 0
-    max_chunks: int = 0
-    relation: bool = True
-    epochs: int = 0  # 0 = mode default (full 5, fast 50)
-    lr: float = 0.0  # 0 = mode default (full 5e-5 as in the paper, fast 1e-2)
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    val_count: int = 0  # 0 = min(1000, 5 %)
-    eval_interval: int = 0  # optimizer steps between evaluations; 0 = once per epoch
-    seed: int = 1234
-    embed_batch_size: int = 32
-    deepspeed_config: str = ""  # JSON file; "" = built-in defaults
-    zero_stage: int = -1  # -1 = from the config (default 0)
-    train_batch_size: int = 0  # trajectories per optimizer step; 0 = from the config (default 32)
-    micro_batch_size: int = 0  # per rank; 0 = from the config (default 8)
-    ablation: str = "same"  # also train without the relation term: same mode, fast, or none
-    max_steps: int = 0  # stop after this many optimizer steps (benchmarks); 0 = all epochs
-    progress: bool = True
-    train_dir: str = ""  # training state; "" = "<output>_train"
-    init_from: str = ""  # warm start: a saved model's heads, and its encoder unless --encoder is given
+    """The influence model's training; each field is the flag ``--<field>`` of train_influence_model.py."""
+
+    data_path: str = setting(help="Megatron data prefix of the candidate pool")
+    oracle: list[str] = setting(help="oracle store folder(s); several = several rounds")
+    output: str = setting(help="model folder to write (the best model and metrics.json)")
+    mode: str = setting(
+        "full", "full: fine-tune the encoder (paper); fast: frozen encoder, heads on cached embeddings",
+        choices=MODES,
+    )  # fmt: skip
+    encoder: str = setting("", "local HF encoder folder (default: the bundled MiniLM)")
+    chunk_len: int = setting(0, "tokens per chunk (default: encoder maximum)", low=0)
+    max_chunks: int = setting(0, "chunks per document at most (default: all)", low=0)
+    relation: bool = setting(True, "train s(x) only (the MATES ablation)", flag="--no-relation")
+    epochs: int = setting(0, "default: 5 (full), 50 (fast)", low=0)
+    lr: float = setting(0.0, "default: 5e-5 (full, paper), 1e-2 (fast)", low=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay", low=0)
+    warmup_steps: int = setting(50, "linear LR warm-up steps", low=0)
+    val_count: int = setting(0, "held-out trajectories (default min(1000, 5%%))", low=0)
+    eval_interval: int = setting(0, "optimizer steps between evaluations (0: epoch)", low=0)
+    seed: int = setting(1234, "split, initialisation and shuffling seed")
+    embed_batch_size: int = setting(32, "chunks per encoder call when embedding", low=0)
+    deepspeed_config: str = setting(
+        "", "DeepSpeed JSON (batch sizes, zero_optimization, bf16, gradient_clipping)",
+        flag=("--deepspeed_config", "--deepspeed-config"),
+    )  # fmt: skip
+    zero_stage: int = setting(-1, "override the config's ZeRO stage", choices=(-1, 0, 1, 2, 3))
+    train_batch_size: int = setting(0, "trajectories per optimizer step", low=0)
+    micro_batch_size: int = setting(0, "trajectories per process per micro-step")
+    ablation: str = setting(
+        "same", "also train without the relation term: in the same mode, in fast mode, or not",
+        choices=("same", "fast", "none"),
+    )  # fmt: skip
+    max_steps: int = setting(0, "stop after this many steps (same LR schedule)", low=0)
+    progress: bool = setting(True, "no progress bars", flag="--no-progress")
+    train_dir: str = setting("", "training state: checkpoints, caches (default OUTPUT_train)")
+    init_from: str = setting(
+        "",
+        "warm start from a saved influence model (the previous round's): its heads, and its encoder "
+        "unless --encoder is given; with --mode fast that encoder is frozen, so a fine-tuned first round's "
+        "encoder serves every later round and their pool embeddings can be cached",
+        metavar="MODEL",
+    )
 
     def validate(self) -> TrainConfig:
-        if self.mode not in MODES:
-            raise GMError(f"--mode must be one of {MODES}, got {self.mode!r}")
-        if self.ablation not in ("same", "fast", "none"):
-            raise GMError(f"--ablation must be same, fast or none, got {self.ablation!r}")
-        for name in (
-            "epochs",
-            "val_count",
-            "eval_interval",
-            "embed_batch_size",
-            "max_steps",
-            "warmup_steps",
-        ):
-            if getattr(self, name) < 0:
-                raise GMError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise GMError("--lr and --weight-decay must be >= 0")
-        if self.zero_stage not in (-1, 0, 1, 2, 3):
-            raise GMError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        check_settings(self)
         if not self.output:
             raise GMError("--output is required")
         return self

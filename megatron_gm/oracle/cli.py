@@ -17,7 +17,9 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from megatron_gm.config import SettingError, add_dataclass_args, check_settings, from_namespace, setting
 from megatron_gm.errors import GMError, cli_main
 from megatron_gm.manifest import atomic_write_text
 from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
@@ -37,162 +39,99 @@ INHERITED_SWITCHES = ("--bf16", "--fp16", "--eod-mask-loss", "--reset-position-i
 
 
 def add_oracle_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """An ``extra_args_provider``: the ``--gm-oracle-*`` group (second spellings: the pipeline's names)."""
+    """An ``extra_args_provider``: the ``--gm-oracle-*`` group, one flag per ``OracleConfig`` field."""
     if "--gm-oracle-output" in parser._option_string_actions:
         return parser
-    g = parser.add_argument_group(title="megatron-gm oracle collection")
-    g.add_argument("--gm-oracle-output", type=str, default=None, metavar="DIR", help="oracle store folder")
-    g.add_argument(
-        "--gm-oracle-trajectories",
-        type=int,
-        default=None,
-        metavar="N",
-        help="number of trajectories (random policy; with a file: its first N rows, default all)",
-    )
-    g.add_argument(
-        "--gm-oracle-T",
-        "--gm-oracle-traj-len",
-        dest="gm_oracle_T",
-        type=int,
-        default=None,
-        help=f"candidates per trajectory (default {DEFAULT_T}, or the trajectory file's)",
-    )
-    g.add_argument("--gm-oracle-policy", choices=POLICIES, default="random")
-    g.add_argument(
-        "--gm-oracle-trajectory-file",
-        type=str,
-        default=None,
-        metavar="DIR",
-        help="trajectory folder from tools/bootstrap_trajectories.py (policy file)",
-    )
-    g.add_argument(
-        "--gm-oracle-candidates",
-        type=str,
-        default=None,
-        metavar="NPY|DIR",
-        help="draw random trajectories from these documents only (.npy of indices or a selection)",
-    )
-    g.add_argument(
-        "--gm-oracle-ref-data",
-        "--gm-oracle-ref",
-        dest="gm_oracle_ref_data",
-        type=str,
-        default=None,
-        metavar="JSONL",
-        help=f"reference set (default {DEFAULT_REF})",
-    )
-    g.add_argument(
-        "--gm-oracle-ref-samples",
-        "--gm-oracle-ref-max-examples",
-        dest="gm_oracle_ref_samples",
-        type=int,
-        default=64,
-        help="reference samples (seeded subset): examples, or windows of --seq-length tokens when packed",
-    )
-    g.add_argument(
-        "--gm-oracle-ref-layout",
-        choices=("natural", "packed"),
-        default="natural",
-        help="natural: each reference record at its own length, attention never across records (the "
-        "paper's setting); packed: records joined into --seq-length windows (the old layout)",
-    )
-    g.add_argument(
-        "--gm-oracle-ref-micro-batch-size",
-        type=int,
-        default=16,
-        help="micro-batch size of the reference forward pass",
-    )
-    g.add_argument(
-        "--gm-oracle-seed", type=int, default=None, help="trajectory and dropout seed (default --seed)"
-    )
-    g.add_argument(
-        "--gm-oracle-ref-seed",
-        type=int,
-        default=1234,
-        help="seed of the reference subset; keep it across stages and rounds so all labels share one D_r",
-    )
-    g.add_argument("--gm-oracle-shard-size", type=int, default=16, help="trajectories per store shard")
-    g.add_argument(
-        "--gm-oracle-max-shards",
-        type=int,
-        default=None,
-        help="stop after this many shards per data-parallel group (time-boxed jobs); rerun to go on",
-    )
-    g.add_argument(
-        "--gm-oracle-time-train-steps",
-        type=int,
-        default=0,
-        metavar="N",
-        help="first time N pretraining-sized steps (with the DP all-reduce) for the cost ratio",
-    )
-    g.add_argument("--gm-oracle-progress", action=argparse.BooleanOptionalAction, default=True)
-    return parser  # fmt: skip
+    return add_dataclass_args(parser, OracleConfig, PREFIX, title="megatron-gm oracle collection")
+
+
+PREFIX = "--gm-oracle-"
 
 
 @dataclasses.dataclass
 class OracleConfig:
-    output: str
-    trajectories: int | None
-    T: int | None
-    policy: str
-    trajectory_file: str | None
-    candidates: str | None
-    ref_data: str
-    ref_samples: int
-    ref_micro_batch_size: int
-    ref_layout: str
-    seed: int
-    ref_seed: int
-    shard_size: int
-    max_shards: int | None
-    time_train_steps: int
-    progress: bool
+    """The oracle's settings; each is the flag ``--gm-oracle-<field>`` (dashes for underscores)."""
+
+    output: str | None = setting(None, "oracle store folder", metavar="DIR")
+    trajectories: int | None = setting(
+        None, "number of trajectories (random policy; with a file: its first N rows, default all)", low=1,
+        metavar="N",
+    )  # fmt: skip
+    T: int | None = setting(
+        None, f"candidates per trajectory (default {DEFAULT_T}, or the trajectory file's)"
+    )
+    policy: str = setting("random", "random: uniform trajectories; file: --gm-oracle-trajectory-file's",
+                          choices=POLICIES)  # fmt: skip
+    trajectory_file: str | None = setting(
+        None, "trajectory folder from tools/bootstrap_trajectories.py (policy file)", metavar="DIR"
+    )
+    candidates: str | None = setting(
+        None, "draw random trajectories from these documents only (.npy of indices or a selection)",
+        metavar="NPY|DIR",
+    )  # fmt: skip
+    ref_data: str | None = setting(None, f"reference set (default {DEFAULT_REF})", metavar="JSONL")
+    ref_samples: int = setting(
+        64,
+        "reference samples (seeded subset): examples, or windows of --seq-length tokens when packed",
+        low=1,
+    )
+    ref_layout: str = setting(
+        "natural",
+        "natural: each reference record at its own length, attention never across records (the paper's "
+        "setting); packed: records joined into --seq-length windows (the old layout)",
+        choices=("natural", "packed"),
+    )
+    ref_micro_batch_size: int = setting(16, "micro-batch size of the reference forward pass", low=1)
+    seed: int | None = setting(None, "trajectory and dropout seed (default --seed)", low=0, high=2**31 - 1)
+    ref_seed: int = setting(
+        1234, "seed of the reference subset; keep it across stages and rounds so all labels share one D_r",
+        low=0, high=2**31 - 1,
+    )  # fmt: skip
+    shard_size: int = setting(16, "trajectories per store shard", low=1)
+    max_shards: int | None = setting(
+        None, "stop after this many shards per data-parallel group (time-boxed jobs); rerun to go on", low=1
+    )
+    time_train_steps: int = setting(
+        0,
+        "first time N pretraining-sized steps (with the DP all-reduce) for the cost ratio",
+        low=0,
+        metavar="N",
+    )
+    progress: bool = setting(True, "progress bar")
 
     @classmethod
     def from_args(cls, args) -> OracleConfig:
-        return cls(
-            output=args.gm_oracle_output,
-            trajectories=args.gm_oracle_trajectories,
-            T=args.gm_oracle_T,
-            policy=args.gm_oracle_policy,
-            trajectory_file=args.gm_oracle_trajectory_file,
-            candidates=args.gm_oracle_candidates,
+        """From Megatron's parsed args: the seed defaults to --seed, the reference set to the bundled one."""
+        return from_namespace(
+            cls, args, PREFIX, seed=args.seed if args.gm_oracle_seed is None else args.gm_oracle_seed,
             ref_data=args.gm_oracle_ref_data or str(DEFAULT_REF),
-            ref_samples=args.gm_oracle_ref_samples,
-            ref_micro_batch_size=args.gm_oracle_ref_micro_batch_size,
-            ref_layout=args.gm_oracle_ref_layout,
-            seed=args.seed if args.gm_oracle_seed is None else args.gm_oracle_seed,
-            ref_seed=args.gm_oracle_ref_seed,
-            shard_size=args.gm_oracle_shard_size,
-            max_shards=args.gm_oracle_max_shards,
-            time_train_steps=args.gm_oracle_time_train_steps,
-            progress=args.gm_oracle_progress,
-        )
+        )  # fmt: skip
 
-    def validate(self) -> OracleConfig:
+    def validate(self, files: bool = True) -> OracleConfig:
+        """Every rule; ``files``: also that the reference set exists (the pipeline checks it itself)."""
         if not self.output:
             raise GMError("--gm-oracle-output DIR is required (the oracle store folder)")
         if self.T is not None and self.T < 1:
-            raise GMError(f"--gm-oracle-T {self.T}: a trajectory needs at least one step (T >= 1)")
-        if self.trajectories is not None and self.trajectories < 1:
-            raise GMError(f"--gm-oracle-trajectories {self.trajectories}: must be at least 1")
-        if self.ref_samples < 1 or self.ref_micro_batch_size < 1 or self.shard_size < 1:
-            raise GMError(
-                "--gm-oracle-ref-samples, --gm-oracle-ref-micro-batch-size and --gm-oracle-shard-size must be >= 1"
-            )
-        if self.max_shards is not None and self.max_shards < 1:
-            raise GMError(f"--gm-oracle-max-shards {self.max_shards}: must be at least 1")
-        for flag, value in (
-            ("--gm-oracle-seed (or --seed)", self.seed),
-            ("--gm-oracle-ref-seed", self.ref_seed),
-        ):
-            if not 0 <= value < 2**31:
-                raise GMError(f"{flag} {value}: must be in [0, 2**31)")
-        if self.time_train_steps < 0:
-            raise GMError(f"--gm-oracle-time-train-steps {self.time_train_steps}: must be 0 or more")
-        if not os.path.isfile(self.ref_data):
+            raise SettingError("--gm-oracle-T", "T", self.T, "a trajectory needs at least one step (T >= 1)")
+        check_settings(self, PREFIX)
+        if files and not os.path.isfile(self.ref_data or ""):
             raise GMError(f"{self.ref_data}: reference set not found; pass --gm-oracle-ref-data JSONL")
         return self
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What ``prepare`` checked and built before Megatron starts."""
+
+    args: argparse.Namespace  # Megatron's parsed args (the command line plus the inherited flags)
+    cfg: OracleConfig
+    ckpt: Any  # the inspected stage checkpoint (oracle.checkpoint.Checkpoint)
+    inherited: list[str]  # flags taken from the checkpoint's saved args
+    info: Any  # the pool's DatasetInfo
+    dataset: Any  # the pool's IndexedDataset
+    source: Any  # the trajectory source
+    reference: Any  # the reference set
+    tokenizer: Any
 
 
 def _given(argv: list[str]) -> set[str]:
@@ -322,7 +261,7 @@ def check_tokenizer(args, info) -> None:
     check(info, getattr(args, "tokenizer_model", None), getattr(args, "vocab_size", None) if null else None)
 
 
-def prepare(argv: list[str]):
+def prepare(argv: list[str]) -> Prepared:
     """Everything checkable before Megatron starts: args, checkpoint, pool, trajectories, reference set."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
@@ -367,7 +306,7 @@ def prepare(argv: list[str]):
             f"{MIN_REFERENCE_TOKENS}: its loss is noise, not a label; pass a larger --gm-oracle-ref-data "
             "or more --gm-oracle-ref-samples"
         )
-    return args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer
+    return Prepared(args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer)
 
 
 def build_manifest(args, cfg, ckpt, info, source, reference):
@@ -410,7 +349,9 @@ def run(argv: list[str]) -> dict:
     from megatron_gm.oracle.samples import SampleFormat
     from megatron_gm.oracle.store import label_stats, load_oracle
 
-    args, cfg, ckpt, inherited, info, dataset, source, reference, tokenizer = prepare(argv)
+    prep = prepare(argv)
+    args, cfg, ckpt, inherited, info = prep.args, prep.cfg, prep.ckpt, prep.inherited, prep.info
+    dataset, source, reference, tokenizer = prep.dataset, prep.source, prep.reference, prep.tokenizer
     if not args.override_opt_param_scheduler:
         args.use_checkpoint_opt_param_scheduler = True  # the LR schedule position and shape of the checkpoint
     runtime.initialize()

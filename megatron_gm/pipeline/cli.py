@@ -97,7 +97,7 @@ def make_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def reference_set(args: argparse.Namespace, cfg: PipelineConfig) -> str:
-    ref = args.ref or cfg.oracle.ref_path or str(ROOT.parent / "shared" / "data" / DEFAULT_REF)
+    ref = args.ref or cfg.oracle.ref_data or str(ROOT.parent / "shared" / "data" / DEFAULT_REF)
     return str(Path(ref).resolve())
 
 
@@ -147,7 +147,7 @@ def print_cost(cfg: PipelineConfig, phases: list[Phase]) -> None:
               f"{human_time(sec):>12} {100 * cost.time_share(kind):>12.1f}%")  # fmt: skip
     print(f"assumes: {hw.name}; pool {pool.num_tokens / 1e9:.2f}B tokens"
           f"{'' if pool.measured else ' (assumed)'}; oracle {cfg.oracle.trajectories} trajectories + "
-          f"2 x {cfg.oracle.bootstrap_beams} bootstrap x T={cfg.oracle.traj_len} (later rounds x "
+          f"2 x {cfg.bootstrap.beams_per_tail} bootstrap x T={cfg.oracle.T} (later rounds x "
           f"{cfg.oracle.later_round_fraction:g}), reference {how}; influence {i.mode} mode, encoder "
           f"{i.encoder or 'bundled MiniLM'}{', frozen after round 1' if i.freeze_encoder_after_first_round else ''}")  # fmt: skip
     print(f"overhead: {100 * cost.overhead_flops:.1f}% of pretraining FLOPs")
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = make_config(args)
     out = Path(args.out).resolve()
-    cfg.oracle.ref_path = reference_set(args, cfg)  # saved with the run: a rerun uses the same
-    ref = cfg.oracle.ref_path
+    cfg.oracle.ref_data = reference_set(args, cfg)  # saved with the run: a rerun uses the same
+    ref = cfg.oracle.ref_data
     cfg.validate(need_data=not args.dry_run)
     phases = build_plan(cfg, out, ref)
     state = RunState(out / "state.json") if (out / "state.json").exists() else None
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"[pipeline] Slurm: {check_controller()}")
     if any(p.kind == "oracle" for p in phases) and not Path(ref).is_file():
-        raise GMError(f"{ref}: reference set not found; pass --ref <jsonl[.gz]> or set oracle.ref_path")
+        raise GMError(f"{ref}: reference set not found; pass --ref <jsonl[.gz]> or set oracle.ref_data")
     from megatron_gm.pipeline.run import open_run
 
     state = open_run(out, cfg)

@@ -9,24 +9,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shlex
 import typing
 from pathlib import Path
 from typing import Any
 
+from megatron_gm.config import SettingError, check_settings, setting, tool_setting
 from megatron_gm.errors import GMError
+from megatron_gm.influence.bootstrap import BootstrapConfig
+from megatron_gm.influence.train import TrainConfig as InfluenceTrainConfig
+from megatron_gm.oracle.cli import OracleConfig
+from megatron_gm.selection.pipeline import SelectConfig
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class GPTConfig:
     """The GPT (Megatron flags of the same names)."""
 
-    num_layers: int = 2
-    hidden_size: int = 64
-    num_attention_heads: int = 4
-    ffn_hidden_size: int = 256
-    seq_length: int = 128
-    vocab_size: int = 8192  # for the FLOPs estimate; the tokenizer decides the real one
+    num_layers: int = setting(2, low=1)
+    hidden_size: int = setting(64, low=1)
+    num_attention_heads: int = setting(4, low=1)
+    ffn_hidden_size: int = setting(256, low=1)
+    seq_length: int = setting(128, low=1)
+    vocab_size: int = setting(8192, "for the FLOPs estimate; the tokenizer decides the real one", low=1)
 
     def args(self) -> list[str]:
         return [
@@ -44,33 +52,47 @@ class ModelConfig:
         per_layer = 4 * h * h + 2 * h * f + 9 * h + f
         return L * per_layer + self.vocab_size * h + self.seq_length * h + 2 * h
 
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise GMError(
+                f"model.hidden_size {self.hidden_size} is not a multiple of the heads {self.num_attention_heads}"
+            )
+
 
 @dataclasses.dataclass
-class TrainConfig:
+class PretrainConfig:
     """Pretraining: Megatron's own flags; every stage runs ``stage_iters`` iterations."""
 
-    stage_iters: int = 100
-    first_stage_iters: int = 0  # stage 0's length (0: stage_iters), e.g. a short random warm-up stage
-    micro_batch_size: int = 4
-    global_batch_size: int = 8
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 10
-    save_interval: int = 50
-    eval_interval: int = 50
-    eval_iters: int = 4
-    log_interval: int = 10
-    seed: int = 1234
+    stage_iters: int = setting(100, low=1)
+    first_stage_iters: int = setting(
+        0, "stage 0's length (0: stage_iters), e.g. a short random warm-up", low=0
+    )
+    micro_batch_size: int = setting(4, low=1)
+    global_batch_size: int = setting(8, low=1)
+    lr: float = setting(1e-3, above=0)
+    min_lr: float = setting(1e-4, low=0)
+    warmup_iters: int = setting(10, low=0)
+    save_interval: int = setting(50, low=1)
+    eval_interval: int = setting(50, low=1)
+    eval_iters: int = setting(4, low=0)
+    log_interval: int = setting(10, low=1)
+    seed: int = setting(1234, low=0, high=2**31 - 1)
     # LR schedule over the whole run: "cosine", or "WSD" (warmup, constant, then a linear cooldown over the
     # last ``wsd_cooldown`` share of the iterations). WSD's constant phase does not depend on the total, so a
     # stage-0 checkpoint serves runs of any length (token budgets) with a complete schedule each.
-    lr_decay_style: str = "cosine"
-    wsd_cooldown: float = 0.2
+    lr_decay_style: str = setting("cosine", choices=("cosine", "WSD"))
+    wsd_cooldown: float = setting(0.2, above=0, high=1)
     # in-training evaluation (--gm-eval-pack): an eval pack scored at ``eval_pack_points`` evenly spaced
     # iterations of every stage (and at its end)
-    eval_pack: str = ""
-    eval_pack_points: int = 20
-    extra_args: list[str] = dataclasses.field(default_factory=list)
+    eval_pack: str = setting("")
+    eval_pack_points: int = setting(20, low=1)
+    extra_args: list[str] = setting(default_factory=list)
+
+    def validate(self) -> None:
+        if self.global_batch_size % self.micro_batch_size:
+            raise GMError("train.global_batch_size must be a multiple of train.micro_batch_size")
+        if self.min_lr > self.lr:
+            raise GMError(f"train.min_lr {self.min_lr} is above train.lr {self.lr}")
 
     def stage_ends(self, stages: int) -> list[int]:
         """The iteration at which each stage ends (the last one is the run's --train-iters)."""
@@ -85,99 +107,121 @@ class TrainConfig:
         return ",".join(str(e) for e in self.stage_ends(stages)[:-1]) + ("," if stages <= 2 else "")
 
 
-@dataclasses.dataclass
-class OracleConfig:
-    """Oracle collection from each stage checkpoint (tools/collect_oracle.py)."""
+SEED = {"low": 0, "high": 2**31 - 1}
 
-    trajectories: int = 64
-    traj_len: int = 10
-    ref_path: str = ""  # default: the bundled WikiText-103 reference set
-    ref_max_examples: int = 32
-    seed: int = 1234
-    # the bootstrap round (docs/method.md step 3): beam-searched trajectories per tail (0: no bootstrap round),
-    # beam width, and how many random pool documents the search draws from (0: the whole pool)
-    bootstrap_beams: int = 0
-    bootstrap_width: int = 5
-    bootstrap_probe_count: int = 0
-    extra_args: list[str] = dataclasses.field(default_factory=list)
-    # the reference set: each example at its own length ("natural", the paper's) or seq-length windows
-    # ("packed"); its mean example length for the estimate (0: measured from the reference file)
-    ref_layout: str = "natural"
-    ref_tokens_per_example: int = 0
+
+@dataclasses.dataclass
+class OracleSection:
+    """Oracle collection from each stage checkpoint (tools/collect_oracle.py): its settings by its names."""
+
+    trajectories: int = tool_setting(OracleConfig, "trajectories", 64)
+    T: int = tool_setting(OracleConfig, "T", 10)  # also the bootstrap round's trajectory length
+    ref_data: str = tool_setting(OracleConfig, "ref_data", "")  # "": the bundled WikiText-103 reference set
+    ref_samples: int = tool_setting(OracleConfig, "ref_samples", 32)
+    seed: int = tool_setting(OracleConfig, "seed", 1234)  # also the bootstrap round's seed
+    extra_args: list[str] = setting(default_factory=list)
+    ref_layout: str = tool_setting(OracleConfig, "ref_layout", "natural")
+    # the reference set's mean example length for the estimate (0: measured from the reference file)
+    ref_tokens_per_example: int = setting(0, low=0)
     # a later selection round probes this share of the first round's trajectories (random and bootstrap)
-    later_round_fraction: float = 1.0
+    later_round_fraction: float = setting(1.0, above=0, high=1)
 
 
 @dataclasses.dataclass
-class InfluenceConfig:
-    """The relational influence model (tools/train_influence_model.py)."""
+class BootstrapSection:
+    """The bootstrap round (docs/method.md step 3, tools/bootstrap_trajectories.py); T and seed are the oracle's."""
 
-    mode: str = "fast"
-    epochs: int = 0  # 0: the tool's default for the mode
-    chunk_len: int = 0
-    max_chunks: int = 0
-    train_batch_size: int = 0  # trajectories per optimizer step (0: the tool's default)
-    val_count: int = 0  # held-out trajectories (0: the tool's default, min(1000, 5%))
-    seed: int = 1234
-    extra_args: list[str] = dataclasses.field(default_factory=list)
-    encoder: str = ""  # local HF encoder folder ("": the bundled MiniLM)
-    warm_start: bool = False  # a later round starts from the previous round's influence model
-    freeze_encoder_after_first_round: bool = False  # full mode: later rounds train the heads only
+    beams_per_tail: int = tool_setting(BootstrapConfig, "beams_per_tail", 0, low=0)  # 0: no bootstrap round
+    width: int = tool_setting(BootstrapConfig, "width", 5)
+    probe_count: int = tool_setting(BootstrapConfig, "probe_count", 0)  # 0: the whole pool, always passed
 
 
 @dataclasses.dataclass
-class SelectConfig:
-    """Cluster-based selection (tools/select_data.py)."""
+class InfluenceSection:
+    """The relational influence model (tools/train_influence_model.py): its settings by its names."""
 
-    method: str = "group"
-    ratio: float = 0.5
-    num_clusters: int = 0  # 0: the tool's default (about 3,000 documents a cluster)
-    kmeans_iters: int = 20
-    seed: int = 1234
+    mode: str = tool_setting(InfluenceTrainConfig, "mode", "fast")
+    epochs: int = tool_setting(InfluenceTrainConfig, "epochs", 0)
+    chunk_len: int = tool_setting(InfluenceTrainConfig, "chunk_len", 0)
+    max_chunks: int = tool_setting(InfluenceTrainConfig, "max_chunks", 0)
+    train_batch_size: int = tool_setting(InfluenceTrainConfig, "train_batch_size", 0)
+    val_count: int = tool_setting(InfluenceTrainConfig, "val_count", 0)
+    seed: int = tool_setting(InfluenceTrainConfig, "seed", 1234, **SEED)
+    extra_args: list[str] = setting(default_factory=list)
+    encoder: str = tool_setting(InfluenceTrainConfig, "encoder", "")
+    warm_start: bool = setting(False, "a later round starts from the previous round's influence model")
+    freeze_encoder_after_first_round: bool = setting(False, "full mode: later rounds train the heads only")
+
+
+@dataclasses.dataclass
+class SelectSection:
+    """Cluster-based selection (tools/select_data.py): its settings by its names."""
+
+    method: str = tool_setting(SelectConfig, "method", "group")
+    ratio: float = tool_setting(SelectConfig, "ratio", 0.5)
+    num_clusters: int = tool_setting(SelectConfig, "num_clusters", 0, low=0)  # 0: the tool's default
+    kmeans_iters: int = tool_setting(SelectConfig, "kmeans_iters", 20)
+    seed: int = tool_setting(SelectConfig, "seed", 1234)
     # frozen-encoder pool embeddings, reused by every later round: "" = RUN/embeddings, "none" = off
-    embed_cache: str = ""
-    extra_args: list[str] = dataclasses.field(default_factory=list)
+    embed_cache: str = setting("")
+    extra_args: list[str] = setting(default_factory=list)
 
 
 @dataclasses.dataclass
 class LaunchConfig:
     """Processes and Slurm resources per phase."""
 
-    nodes: int = 1
-    gpus_per_node: int = 0  # 0: CPU; the Slurm scripts then start nproc_per_node processes
-    nproc_per_node: int = 1  # torchrun processes per node (pretrain, oracle, influence)
-    select_ranks: int = 1  # MPI ranks of the selection (one task per rank)
-    threads: int = 1  # CPU threads per process (torch, BLAS, faiss)
-    select_threads: int = 0  # threads per selection rank (0: threads); the artifact depends on it
-    cpus_per_task: int = 0  # Slurm --cpus-per-task (0: threads * processes on the node)
-    partition: str = ""
-    account: str = ""
-    time_pretrain: str = "01:00:00"
-    time_oracle: str = "01:00:00"
-    time_influence: str = "01:00:00"
-    time_bootstrap: str = "01:00:00"
-    time_select: str = "01:00:00"
-    signal_seconds: int = 120  # Slurm sends SIGUSR1 this long before the time limit: save, requeue
-    sbatch_args: list[str] = dataclasses.field(default_factory=list)
+    nodes: int = setting(1, low=1)
+    gpus_per_node: int = setting(0, "0: CPU; the Slurm scripts then start nproc_per_node processes", low=0)
+    nproc_per_node: int = setting(1, "torchrun processes per node (pretrain, oracle, influence)", low=1)
+    select_ranks: int = setting(1, "MPI ranks of the selection (one task per rank)", low=1)
+    threads: int = setting(1, "CPU threads per process (torch, BLAS, faiss)", low=1)
+    select_threads: int = setting(
+        0, "threads per selection rank (0: threads); the artifact depends on it", low=0
+    )
+    cpus_per_task: int = setting(0, "Slurm --cpus-per-task (0: threads * processes on the node)", low=0)
+    partition: str = setting("")
+    account: str = setting("")
+    time_pretrain: str = setting("01:00:00")
+    time_oracle: str = setting("01:00:00")
+    time_influence: str = setting("01:00:00")
+    time_bootstrap: str = setting("01:00:00")
+    time_select: str = setting("01:00:00")
+    signal_seconds: int = setting(120, "Slurm sends SIGUSR1 this long before the time limit", low=0)
+    sbatch_args: list[str] = setting(default_factory=list)
+
+
+# Settings renamed to the tools' own names: old ``section.field`` -> new. A saved config.json that uses an
+# old name loads under the new one (with a warning); ``--set`` with an old name is refused, naming the new.
+RENAMED = {
+    "oracle.traj_len": "oracle.T",
+    "oracle.ref_max_examples": "oracle.ref_samples",
+    "oracle.ref_path": "oracle.ref_data",
+    "oracle.bootstrap_beams": "bootstrap.beams_per_tail",
+    "oracle.bootstrap_width": "bootstrap.width",
+    "oracle.bootstrap_probe_count": "bootstrap.probe_count",
+}
 
 
 @dataclasses.dataclass
 class PipelineConfig:
-    preset: str = "tiny"
-    stages: int = 2
-    random_twin: bool = True
-    data_path: str = ""  # Megatron dataset prefix of the candidate pool (with its .gm.json sidecar)
-    tokenizer_type: str = "GPTSentencePieceTokenizer"
-    tokenizer_model: str = ""
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    oracle: OracleConfig = dataclasses.field(default_factory=OracleConfig)
-    influence: InfluenceConfig = dataclasses.field(default_factory=InfluenceConfig)
-    select: SelectConfig = dataclasses.field(default_factory=SelectConfig)
+    preset: str = setting("tiny")
+    stages: int = setting(2, low=1)
+    random_twin: bool = setting(True)
+    data_path: str = setting("", "Megatron dataset prefix of the candidate pool (with its .gm.json sidecar)")
+    tokenizer_type: str = setting("GPTSentencePieceTokenizer")
+    tokenizer_model: str = setting("")
+    model: GPTConfig = dataclasses.field(default_factory=GPTConfig)
+    train: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    oracle: OracleSection = dataclasses.field(default_factory=OracleSection)
+    bootstrap: BootstrapSection = dataclasses.field(default_factory=BootstrapSection)
+    influence: InfluenceSection = dataclasses.field(default_factory=InfluenceSection)
+    select: SelectSection = dataclasses.field(default_factory=SelectSection)
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
 
     # --- checks -----------------------------------------------------------------------------------
     def validate(self, *, need_data: bool = True) -> PipelineConfig:
+        """Every setting's rule, the tools' own ``validate()`` included, before anything runs."""
         if self.stages < 1:
             raise GMError(f"--stages must be >= 1, got {self.stages}")
         if need_data:
@@ -191,32 +235,14 @@ class PipelineConfig:
                 )
             if self.tokenizer_model and not Path(self.tokenizer_model).is_file():
                 raise GMError(f"{self.tokenizer_model}: tokenizer model not found; pass --tokenizer-model")
-        m, t = self.model, self.train
-        check_ranges(self)
-        if m.hidden_size % m.num_attention_heads:
-            raise GMError(
-                f"model.hidden_size {m.hidden_size} is not a multiple of the heads {m.num_attention_heads}"
-            )
-        if t.global_batch_size % t.micro_batch_size:
-            raise GMError("train.global_batch_size must be a multiple of train.micro_batch_size")
-        if t.min_lr > t.lr:
-            raise GMError(f"train.min_lr {t.min_lr} is above train.lr {t.lr}")
-        if t.first_stage_iters < 0:
-            raise GMError(
-                f"train.first_stage_iters must be >= 0 (0: train.stage_iters), got {t.first_stage_iters}"
-            )
-        if t.lr_decay_style not in ("cosine", "WSD"):
-            raise GMError(f"train.lr_decay_style must be cosine or WSD, got {t.lr_decay_style!r}")
-        if not 0 < t.wsd_cooldown <= 1:
-            raise GMError(f"train.wsd_cooldown must be in (0, 1], got {t.wsd_cooldown}")
-        if t.eval_pack_points < 1:
-            raise GMError(f"train.eval_pack_points must be >= 1, got {t.eval_pack_points}")
-        if self.oracle.ref_layout not in ("natural", "packed"):
-            raise GMError(f"oracle.ref_layout must be natural or packed, got {self.oracle.ref_layout!r}")
-        if not 0 < self.oracle.later_round_fraction <= 1:
-            raise GMError(
-                f"oracle.later_round_fraction must be in (0, 1], got {self.oracle.later_round_fraction}"
-            )
+        _named(check_settings, self, {f.name: f.name for f in dataclasses.fields(self)})
+        for name in _sections(self):
+            section = getattr(self, name)
+            _named(check_settings, section, {f.name: f"{name}.{f.name}" for f in dataclasses.fields(section)})
+        self.model.validate()
+        self.train.validate()
+        for check, names in tool_checks(self):
+            _named(check, None, names)
         return self
 
     # --- (de)serialisation --------------------------------------------------------------------------
@@ -228,6 +254,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
+        d = _renamed(d)
         cfg = cls()
         for key, value in d.items():
             if not hasattr(cfg, key):
@@ -252,8 +279,13 @@ class PipelineConfig:
         key, sep, raw = assignment.partition("=")
         if not sep:
             raise GMError(f"--set {assignment!r}: expected section.field=value, e.g. train.stage_iters=50")
+        key = key.strip()
+        if key in RENAMED:
+            raise GMError(
+                f"--set {key}: renamed to {RENAMED[key]} (the tool's own name); use --set {RENAMED[key]}=..."
+            )
         obj: Any = self
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for p in parts[:-1]:
             if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
                 raise GMError(f"--set {key}: no section {p!r}; sections: {', '.join(_sections(self))}")
@@ -266,70 +298,60 @@ class PipelineConfig:
         setattr(obj, name, _parse(hints[name], raw, key))
 
 
-# Allowed values of every number and choice, by ``section.field``: (lowest, highest) with None for no
-# bound (POSITIVE: above 0), or a tuple of choices.
-POSITIVE = "positive"
-RANGES: dict[str, tuple] = {
-    "stages": (1, None),
-    **{f"model.{k}": (1, None) for k in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
-                                         "seq_length", "vocab_size")},
-    **{f"train.{k}": (1, None) for k in ("stage_iters", "micro_batch_size", "global_batch_size",
-                                         "save_interval", "eval_interval", "log_interval")},
-    "train.lr": (POSITIVE, None), "train.min_lr": (0.0, None), "train.warmup_iters": (0, None),
-    "train.eval_iters": (0, None), "train.seed": (0, 2**31 - 1),
-    "oracle.trajectories": (1, None), "oracle.traj_len": (1, None), "oracle.ref_max_examples": (1, None),
-    "oracle.seed": (0, 2**31 - 1), "oracle.bootstrap_beams": (0, None), "oracle.bootstrap_width": (1, None),
-    "oracle.bootstrap_probe_count": (0, None),
-    "influence.mode": ("fast", "full"),
-    **{f"influence.{k}": (0, None) for k in ("epochs", "chunk_len", "max_chunks", "train_batch_size",
-                                             "val_count")},
-    "influence.seed": (0, 2**31 - 1),
-    "select.method": ("group", "individual", "quota", "random"),
-    "select.ratio": (POSITIVE, 1.0), "select.num_clusters": (0, None), "select.kmeans_iters": (1, None),
-    "select.seed": (0, 2**31 - 1),
-    **{f"launch.{k}": (1, None) for k in ("nodes", "nproc_per_node", "select_ranks", "threads")},
-    **{f"launch.{k}": (0, None) for k in ("gpus_per_node", "select_threads", "cpus_per_task", "signal_seconds")},
-}  # fmt: skip
+def tool_checks(cfg: PipelineConfig) -> list[tuple[Any, dict[str, str]]]:
+    """The tools' own ``validate()`` on their configs as the plan runs them (paths are placeholders: only
+    values are checked), each with the ``section.field`` that sets each of the tool's fields."""
+    o, b, i, s = cfg.oracle, cfg.bootstrap, cfg.influence, cfg.select
+    where = "<planned>"
+    out: list[tuple[Any, dict[str, str]]] = []
+
+    def shared(section: Any, name: str, tool: type) -> tuple[dict[str, Any], dict[str, str]]:
+        tool_fields = {f.name for f in dataclasses.fields(tool)}
+        common = [f.name for f in dataclasses.fields(section) if f.name in tool_fields]
+        return {k: getattr(section, k) for k in common}, {k: f"{name}.{k}" for k in common}
+
+    values, names = shared(o, "oracle", OracleConfig)
+    values["ref_data"] = o.ref_data or None  # "": the bundled set, checked by the driver before the run
+    oracle = OracleConfig(output=where, **values)
+    out.append((lambda: oracle.validate(files=False), names))
+    values, names = shared(i, "influence", InfluenceTrainConfig)
+    out.append(
+        (InfluenceTrainConfig(data_path=where, oracle=[where], output=where, **values).validate, names)
+    )
+    values, names = shared(s, "select", SelectConfig)
+    values["num_clusters"] = s.num_clusters or None  # 0: the tool's default
+    out.append(
+        (
+            SelectConfig(output=where, stage=1, data_path=where, influence_model=where, **values).validate,
+            names,
+        )
+    )
+    if b.beams_per_tail:
+        values, names = shared(b, "bootstrap", BootstrapConfig)
+        boot = BootstrapConfig(model=where, data_path=where, output=where, T=o.T, seed=o.seed, **values)
+        out.append((boot.validate, {**names, "T": "oracle.T", "seed": "oracle.seed"}))
+    return out
 
 
-def check_ranges(cfg: PipelineConfig) -> None:
-    """Every setting has its declared type and lies in its range (``RANGES``); one line naming it if not."""
-    import math
+def _named(check: Any, cfg: Any, names: dict[str, str]) -> None:
+    """Run ``check(cfg)`` (or ``check()`` when cfg is None); a SettingError is reported by ``section.field``."""
+    try:
+        check() if cfg is None else check(cfg)
+    except SettingError as e:
+        key = names.get(e.field, e.flag)
+        sep = " " if e.reason.startswith("must") else ": "
+        raise GMError(f"{key}{sep}{e.reason}, got {e.value!r} (--set {key}=VALUE)") from None
 
-    values: list[tuple[str, Any, Any]] = []
-    top = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            sub = typing.get_type_hints(type(v))
-            values += [(f"{f.name}.{g.name}", getattr(v, g.name), sub[g.name]) for g in dataclasses.fields(v)]
-        else:
-            values.append((f.name, v, top[f.name]))
-    for key, v, kind in values:
-        where = f"--set {key}={v!r}" if not isinstance(v, list) else f"--set {key}"
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if typing.get_origin(kind) is list:
-            ok_type = isinstance(v, list) and all(isinstance(x, str) for x in v)
-        else:
-            ok_type = isinstance(v, kind) and not (kind is not bool and isinstance(v, bool))
-        if not ok_type:
-            raise GMError(f"{where}: must be a {getattr(kind, '__name__', kind)}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise GMError(f"{where}: must be a finite number")
-        rule = RANGES.get(key)
-        if rule is None:
-            continue
-        if isinstance(rule[0], str) and rule[0] != POSITIVE:
-            if v not in rule:
-                raise GMError(f"{where}: must be one of {', '.join(rule)}")
-            continue
-        lo, hi = rule
-        if lo == POSITIVE and not v > 0:
-            raise GMError(f"{where}: must be > 0" + (f" and <= {hi}" if hi is not None else ""))
-        if (lo != POSITIVE and lo is not None and v < lo) or (hi is not None and v > hi):
-            bounds = [f">= {lo}" if lo not in (None, POSITIVE) else "", f"<= {hi}" if hi is not None else ""]
-            raise GMError(f"{where}: must be {' and '.join(b for b in bounds if b)}")
+
+def _renamed(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the old names (``RENAMED``) moved to the new ones, each with a warning."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for old, new in RENAMED.items():
+        (osec, ofield), (nsec, nfield) = old.split("."), new.split(".")
+        if ofield in d.get(osec, {}):
+            LOG.warning("config.json: %s is now %s; read as such", old, new)
+            d.setdefault(nsec, {})[nfield] = d[osec].pop(ofield)
+    return d
 
 
 def _sections(cfg: PipelineConfig) -> list[str]:

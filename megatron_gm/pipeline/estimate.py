@@ -6,7 +6,7 @@ FLOPs (forward + backward = 3x forward; per token 2·N + 4·L·s·h forward, att
   checkpoint's own loss, shared by all trajectories). The reference pass
   costs the reference set's evaluated tokens: examples at their own length (the natural layout), or
   seq-length windows (packed). A later round probes ``oracle.later_round_fraction`` of the trajectories.
-- bootstrap: encoder forward over the searched documents (``oracle.bootstrap_probe_count``, 0 = the
+- bootstrap: encoder forward over the searched documents (``bootstrap.probe_count``, 0 = the
   whole pool), plus the beam search (2·d per beam and candidate, T steps, two tails).
 - influence: encoder over the trajectories' documents: fast mode embeds once (frozen encoder); full
   mode trains it, 3x forward every epoch.
@@ -173,20 +173,20 @@ def reference_tokens(cfg: PipelineConfig) -> tuple[float, float, str]:
     """(positions one reference pass evaluates, mean example length, how it was found)."""
     o, seq = cfg.oracle, cfg.model.seq_length
     if o.ref_layout == "packed":
-        return float(o.ref_max_examples * seq), float(seq), f"{o.ref_max_examples} packed windows of {seq}"
+        return float(o.ref_samples * seq), float(seq), f"{o.ref_samples} packed windows of {seq}"
     if o.ref_tokens_per_example > 0:
         per = float(min(seq, o.ref_tokens_per_example))
-        how = f"{o.ref_max_examples} examples of {per:.0f} tokens (oracle.ref_tokens_per_example)"
-        return o.ref_max_examples * per, per, how
+        how = f"{o.ref_samples} examples of {per:.0f} tokens (oracle.ref_tokens_per_example)"
+        return o.ref_samples * per, per, how
     try:
-        chars = _ref_record_chars(o.ref_path)
+        chars = _ref_record_chars(o.ref_data)
     except OSError:
         chars = []
     if not chars:
         return (
-            float(o.ref_max_examples * seq),
+            float(o.ref_samples * seq),
             float(seq),
-            f"{o.ref_max_examples} x {seq} (no reference file)",
+            f"{o.ref_samples} x {seq} (no reference file)",
         )
     cpt = chars_per_token(cfg)
     windows = tokens = 0.0
@@ -195,8 +195,8 @@ def reference_tokens(cfg: PipelineConfig) -> tuple[float, float, str]:
         windows += -(-t // seq)
         tokens += t
     per = tokens / windows
-    how = f"{o.ref_max_examples} examples of ~{per:.0f} tokens ({Path(o.ref_path).name}, {cpt:g} chars/token)"
-    return o.ref_max_examples * per, per, how
+    how = f"{o.ref_samples} examples of ~{per:.0f} tokens ({Path(o.ref_data).name}, {cpt:g} chars/token)"
+    return o.ref_samples * per, per, how
 
 
 def _lm_flops_per_token(cfg: PipelineConfig, train: bool, length: float | None = None) -> float:
@@ -207,7 +207,7 @@ def _lm_flops_per_token(cfg: PipelineConfig, train: bool, length: float | None =
 
 def oracle_trajectories(cfg: PipelineConfig, phase: Phase) -> int:
     o = cfg.oracle
-    n = 2 * o.bootstrap_beams if phase.name.endswith("_bootstrap") else o.trajectories
+    n = 2 * cfg.bootstrap.beams_per_tail if phase.name.endswith("_bootstrap") else o.trajectories
     return round_count(cfg, phase.stage, n)
 
 
@@ -248,15 +248,15 @@ def phase_parts(cfg: PipelineConfig, phase: Phase, pool: PoolStats) -> Parts:
         ref_tokens, ref_len, how = reference_tokens(cfg)
         step = m.seq_length * _lm_flops_per_token(cfg, True)
         ref = ref_tokens * _lm_flops_per_token(cfg, False, ref_len)
-        passes = n * o.traj_len + 1  # the checkpoint's loss once, then one pass after every step
-        mem = n * (o.traj_len * OPT_BYTES_PER_PARAM + RESTORE_BYTES_PER_PARAM) * m.params()
-        note = f"{n} trajectories x T={o.traj_len}; reference {how}"
-        return Parts({"probe": n * o.traj_len * step, "ref": passes * ref}, mem, note)
+        passes = n * o.T + 1  # the checkpoint's loss once, then one pass after every step
+        mem = n * (o.T * OPT_BYTES_PER_PARAM + RESTORE_BYTES_PER_PARAM) * m.params()
+        note = f"{n} trajectories x T={o.T}; reference {how}"
+        return Parts({"probe": n * o.T * step, "ref": passes * ref}, mem, note)
     if phase.kind == "bootstrap":
-        probe = min(pool.num_docs, o.bootstrap_probe_count or pool.num_docs)  # the pipeline passes 0 = all
-        beams = round_count(cfg, phase.stage, o.bootstrap_beams)
+        probe = min(pool.num_docs, cfg.bootstrap.probe_count or pool.num_docs)  # the pipeline passes 0 = all
+        beams = round_count(cfg, phase.stage, cfg.bootstrap.beams_per_tail)
         embed = probe * enc_tokens_per_doc * 2 * enc_params
-        search = 2 * o.traj_len * beams * probe * enc_dim * 2  # 2 tails; a step scores beams x documents
+        search = 2 * o.T * beams * probe * enc_dim * 2  # 2 tails; a step scores beams x documents
         note = f"{probe} documents searched, 2 x {beams} beams"
         return Parts({"encoder": embed + search}, 0.0, note)
     if phase.kind == "influence":
@@ -265,7 +265,7 @@ def phase_parts(cfg: PipelineConfig, phase: Phase, pool: PoolStats) -> Parts:
             if phase.name.endswith("_bootstrap")
             else 0
         )
-        docs = min(pool.num_docs, n * o.traj_len)
+        docs = min(pool.num_docs, n * o.T)
         fwd = docs * enc_tokens_per_doc * 2 * enc_params
         heads_only = i.mode == "fast" or (i.freeze_encoder_after_first_round and phase.stage > 0)
         epochs = i.epochs or (50 if i.mode == "fast" else 5)

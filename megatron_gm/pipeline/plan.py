@@ -141,9 +141,9 @@ def oracle_args(
         "--load", str(ckpt),
         "--gm-stage", str(stage),
         *source,
-        "--gm-oracle-traj-len", str(o.traj_len),
-        "--gm-oracle-ref", ref,
-        "--gm-oracle-ref-max-examples", str(o.ref_max_examples),
+        "--gm-oracle-T", str(o.T),
+        "--gm-oracle-ref-data", ref,
+        "--gm-oracle-ref-samples", str(o.ref_samples),
         "--gm-oracle-seed", str(o.seed),
         "--gm-oracle-output", str(out),
     ]  # fmt: skip
@@ -176,13 +176,13 @@ def influence_args(
 
 
 def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path, stage: int = 0) -> list[str]:
-    o = cfg.oracle
-    beams = round_count(cfg, stage, o.bootstrap_beams)
+    o, b = cfg.oracle, cfg.bootstrap
+    beams = round_count(cfg, stage, b.beams_per_tail)
     args = [
         "--model", str(model), "--data-path", cfg.data_path, "--output", str(out),
-        "--T", str(o.traj_len), "--width", str(o.bootstrap_width), "--beams-per-tail", str(beams),
+        "--T", str(o.T), "--width", str(b.width), "--beams-per-tail", str(beams),
         "--tails", "both", "--seed", str(o.seed), "--threads", str(cfg.launch.threads), "--no-progress",
-        "--probe-count", str(o.bootstrap_probe_count),  # always: 0 means the whole pool, not the tool's default
+        "--probe-count", str(b.probe_count),  # always: 0 means the whole pool, not the tool's default
     ]  # fmt: skip
     return args
 
@@ -241,11 +241,12 @@ def checkpoint_iteration(ckpt: str | Path) -> str:
         return ""
 
 
-def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list[Phase]:
-    """Every phase in dependency order. ``ref_path``: the oracle's reference set (default bundled)."""
+def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list[Phase]:
+    """Every phase in dependency order. ``ref_data``: the oracle's reference set when oracle.ref_data is
+    unset (the bundled one)."""
     out = Path(out).resolve()
     L = cfg.launch
-    ref = cfg.oracle.ref_path or ref_path
+    ref = cfg.oracle.ref_data or ref_data
     phases: list[Phase] = []
 
     def add(kind: str, branch: str, stage: int, args: list[str], deps: list[str], outputs: dict[str, Path],
@@ -294,7 +295,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list
         frozen = init is not None and cfg.influence.freeze_encoder_after_first_round
         infl = add("influence", "main", s, influence_args(cfg, [d / "oracle"], model, init, frozen), [oracle],
                    {"influence": model}, marker=model / "manifest.json")  # fmt: skip
-        if cfg.oracle.bootstrap_beams:  # method.md step 3: probe beam-searched tails, retrain on both rounds
+        if cfg.bootstrap.beams_per_tail:  # method.md step 3: probe beam-searched tails, retrain on both rounds
             trajs = d / "bootstrap"
             bs = add("bootstrap", "main", s, bootstrap_args(cfg, model, trajs, s), [infl],
                      {"trajectories": trajs}, marker=trajs / "manifest.json")  # fmt: skip

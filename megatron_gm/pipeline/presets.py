@@ -10,13 +10,14 @@ from pathlib import Path
 
 from megatron_gm.errors import GMError
 from megatron_gm.pipeline.config import (
-    InfluenceConfig,
+    BootstrapSection,
+    GPTConfig,
+    InfluenceSection,
     LaunchConfig,
-    ModelConfig,
-    OracleConfig,
+    OracleSection,
     PipelineConfig,
-    SelectConfig,
-    TrainConfig,
+    PretrainConfig,
+    SelectSection,
 )
 
 
@@ -25,14 +26,14 @@ def _test() -> PipelineConfig:
         preset="test",
         stages=2,
         random_twin=False,
-        model=ModelConfig(num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64, seq_length=64),
-        train=TrainConfig(
+        model=GPTConfig(num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64, seq_length=64),
+        train=PretrainConfig(
             stage_iters=8, micro_batch_size=2, global_batch_size=2, lr=1e-3, min_lr=1e-4, warmup_iters=2,
             save_interval=4, eval_interval=8, eval_iters=1, log_interval=4,
         ),
-        oracle=OracleConfig(trajectories=16, traj_len=3, ref_max_examples=4),
-        influence=InfluenceConfig(mode="fast", epochs=3, chunk_len=64, max_chunks=1, train_batch_size=4, val_count=4),
-        select=SelectConfig(ratio=0.5, num_clusters=2, kmeans_iters=5),
+        oracle=OracleSection(trajectories=16, T=3, ref_samples=4),
+        influence=InfluenceSection(mode="fast", epochs=3, chunk_len=64, max_chunks=1, train_batch_size=4, val_count=4),
+        select=SelectSection(ratio=0.5, num_clusters=2, kmeans_iters=5),
         launch=LaunchConfig(threads=1),
     )  # fmt: skip
 
@@ -42,14 +43,14 @@ def _tiny() -> PipelineConfig:
         preset="tiny",
         stages=3,  # two selection rounds; the second reuses the pool embeddings (select.embed_cache)
         random_twin=True,
-        model=ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256, seq_length=128),
-        train=TrainConfig(
+        model=GPTConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256, seq_length=128),
+        train=PretrainConfig(
             stage_iters=150, micro_batch_size=8, global_batch_size=8, lr=2e-3, min_lr=2e-4, warmup_iters=10,
             save_interval=50, eval_interval=50, eval_iters=8, log_interval=25,
         ),
-        oracle=OracleConfig(trajectories=64, traj_len=10, ref_max_examples=16),
-        influence=InfluenceConfig(mode="fast", chunk_len=64, max_chunks=1),
-        select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=20),
+        oracle=OracleSection(trajectories=64, T=10, ref_samples=16),
+        influence=InfluenceSection(mode="fast", chunk_len=64, max_chunks=1),
+        select=SelectSection(ratio=0.5, num_clusters=0, kmeans_iters=20),
         # two MPI ranks of one thread score the pool faster than one rank of two threads
         launch=LaunchConfig(threads=2, select_ranks=2, select_threads=1),
     )  # fmt: skip
@@ -62,11 +63,11 @@ def _gpu(
         preset=name,
         stages=4,
         random_twin=False,
-        model=ModelConfig(
+        model=GPTConfig(
             num_layers=layers, hidden_size=hidden, num_attention_heads=heads, ffn_hidden_size=4 * hidden,
             seq_length=seq, vocab_size=50304,
         ),
-        train=TrainConfig(
+        train=PretrainConfig(
             stage_iters=iters, micro_batch_size=8, global_batch_size=gbs, lr=3e-3 if hidden <= 1024 else 2e-3,
             min_lr=3e-5, warmup_iters=min(2000, iters // 2), save_interval=1000, eval_interval=1000,
             eval_iters=20, log_interval=50,
@@ -75,12 +76,10 @@ def _gpu(
         # (benchmarks/results/label_reliability; measured on the quickstart model, re-measure at scale).
         # Later rounds: a quarter of the first round's trajectories, heads warm-started on the first
         # round's fine-tuned encoder (frozen), so the pool is embedded twice, not every round
-        oracle=OracleConfig(
-            trajectories=20000, traj_len=10, ref_max_examples=16, bootstrap_beams=10000, later_round_fraction=0.25,
-            bootstrap_probe_count=20000,
-        ),
-        influence=InfluenceConfig(mode="full", epochs=5, warm_start=True, freeze_encoder_after_first_round=True),
-        select=SelectConfig(ratio=0.5, num_clusters=0, kmeans_iters=100),
+        oracle=OracleSection(trajectories=20000, T=10, ref_samples=16, later_round_fraction=0.25),
+        bootstrap=BootstrapSection(beams_per_tail=10000, probe_count=20000),
+        influence=InfluenceSection(mode="full", epochs=5, warm_start=True, freeze_encoder_after_first_round=True),
+        select=SelectSection(ratio=0.5, num_clusters=0, kmeans_iters=100),
         launch=LaunchConfig(
             nodes=nodes, gpus_per_node=8, nproc_per_node=8, select_ranks=8 * nodes, threads=8,
             cpus_per_task=0, time_pretrain="24:00:00", time_oracle="12:00:00", time_influence="06:00:00",
@@ -108,16 +107,10 @@ def paper(scale: str) -> PipelineConfig:
     cfg.stages = 2
     cfg.train.stage_iters = round(tokens / cfg.stages / (cfg.train.global_batch_size * cfg.model.seq_length))
     cfg.train.warmup_iters = 2000
-    cfg.oracle = OracleConfig(
-        trajectories=20000,
-        traj_len=10,
-        ref_max_examples=128,
-        bootstrap_beams=10000,
-        bootstrap_probe_count=20000,
-        ref_path=str(LAMBADA_REF),
-    )
-    cfg.influence = InfluenceConfig(mode="full", epochs=5, encoder="bge-base-en-v1.5")
-    cfg.select = SelectConfig(ratio=0.5, num_clusters=10000, kmeans_iters=100)
+    cfg.oracle = OracleSection(trajectories=20000, T=10, ref_samples=128, ref_data=str(LAMBADA_REF))
+    cfg.bootstrap = BootstrapSection(beams_per_tail=10000, probe_count=20000)
+    cfg.influence = InfluenceSection(mode="full", epochs=5, encoder="bge-base-en-v1.5")
+    cfg.select = SelectSection(ratio=0.5, num_clusters=10000, kmeans_iters=100)
     return cfg
 
 

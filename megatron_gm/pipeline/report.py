@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_gm.pipeline.plan import build_plan
 
     cfg = PipelineConfig.from_dict(json.loads((out / "config.json").read_text()))
-    phases = build_plan(cfg, out, cfg.oracle.ref_path)
+    phases = build_plan(cfg, out, cfg.oracle.ref_data)
     text = write_report(out, phases, RunState(out / "state.json"))
     print(text, end="")
     print(f"[report] {out / 'report.txt'} (and report.json, report.png)")

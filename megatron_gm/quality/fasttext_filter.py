@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_gm.config import check_settings, setting
 from megatron_gm.data.jsonl import iter_lines, parse_record
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import atomic_write_text, sha256_file
@@ -36,34 +37,33 @@ MODEL_FILE, REPORT_FILE = "fasttext.bin", "quality_filter.json"
 FT_ARGS = {"dim": "dim", "epoch": "epoch", "lr": "lr", "wordNgrams": "word_ngrams", "minCount": "min_count"}
 FT_ARGS |= {"bucket": "bucket", "seed": "seed"}  # fastText's name -> ours
 FIXED = {"loss": "softmax", "thread": 1}  # one thread: the same model bytes every run
-INT_FLAGS = ("epoch", "dim", "word_ngrams", "min_count", "bucket")
 
 
 @dataclasses.dataclass
 class FilterConfig:
-    data_path: str
-    positives: str
-    h_from: str
-    output: str
-    text_key: str = "text"
-    negatives_per_positive: float = 4.0
-    seed: int = 1234
-    epoch: int = 5
-    dim: int = 64
-    word_ngrams: int = 2
-    min_count: int = 2
-    lr: float = 0.1
-    bucket: int = 100_000  # hashed word n-gram rows (fastText's 2M makes a 512 MB model at dim 64)
-    holdout: float = 0.1
+    """The filter's settings; each field is the flag ``--<field>`` of quality_filter.py. The fields after
+    ``text_key`` are the hyper-parameters recorded with the model (``hyper``)."""
+
+    data_path: str = setting(help="dataset prefix (the .bin/.idx without extension)")
+    positives: str = setting(help="reference documents, .jsonl or .jsonl.gz")
+    h_from: str = setting(help="a finished scores folder of this dataset: h is copied")
+    output: str = setting(help="scores folder to write (must not exist, or be finished)")
+    text_key: str = setting("text", "key of the text in --positives")
+    negatives_per_positive: float = setting(
+        4.0, "pool documents drawn as negatives per positive (capped at the pool)", above=0
+    )
+    seed: int = setting(1234, "negatives, held-out split and fastText seed", low=0, high=2**31 - 1)
+    epoch: int = setting(5, "fastText epoch", low=1)
+    dim: int = setting(64, "fastText dim", low=1)
+    word_ngrams: int = setting(2, "fastText word_ngrams", low=1)
+    min_count: int = setting(2, "fastText min_count", low=1)
+    lr: float = setting(0.1, "fastText lr", above=0)
+    # hashed word n-gram rows (fastText's 2M makes a 512 MB model at dim 64)
+    bucket: int = setting(100_000, "hashed word n-gram rows (model size: bucket x dim x 4 bytes)", low=1)
+    holdout: float = setting(0.1, "share held out for metrics", low=0, below=0.5)
 
     def validate(self) -> FilterConfig:
-        checks = [(f"--{k.replace('_', '-')}", ">= 1", getattr(self, k) >= 1) for k in INT_FLAGS]
-        checks += [("--negatives-per-positive", "> 0", self.negatives_per_positive > 0)]
-        checks += [("--lr", "> 0", self.lr > 0), ("--holdout", "in [0, 0.5)", 0 <= self.holdout < 0.5)]
-        checks += [("--seed", "in [0, 2^31)", 0 <= self.seed < 2**31)]
-        for flag, want, ok in checks:
-            if not ok:
-                raise GMError(f"{flag} must be {want}, got {getattr(self, flag[2:].replace('-', '_'))}")
+        check_settings(self)
         return self
 
     def hyper(self) -> dict:

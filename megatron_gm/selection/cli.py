@@ -19,61 +19,19 @@ import argparse
 import os
 import sys
 
+from megatron_gm.config import add_dataclass_args, from_namespace
 from megatron_gm.errors import GMError, cli_main
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from megatron_gm.selection.pipeline import SelectConfig
+
     p = argparse.ArgumentParser(
         prog="select_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    g = p.add_argument_group("inputs")
-    g.add_argument("--data-path", default=None, help="dataset prefix (the .bin/.idx without extension)")
-    g.add_argument("--gm-influence-model", default=None, help="influence model folder (scores the pool)")
-    g.add_argument("--scores-from", default=None, help="a finished scores folder: select without scoring")
-    g.add_argument(
-        "--scores-dir", default=None, help="where scoring writes its shards (default OUTPUT.scores)"
-    )
-    g.add_argument(
-        "--embed-cache",
-        default=None,
-        help="folder of pool embeddings kept across rounds; with a frozen encoder (influence --mode fast) "
-        "later rounds only apply the new heads",
-    )
-    g = p.add_argument_group("selection")
-    g.add_argument("--gm-select-method", default="group", choices=("group", "individual", "quota", "random"))
-    g.add_argument(
-        "--gm-select-ratio", type=float, default=0.5, help="share of each cluster to keep, in (0, 1]"
-    )
-    g.add_argument(
-        "--gm-num-clusters",
-        type=int,
-        default=None,
-        help="k-means clusters (default: about 3000 documents a cluster, as in the paper)",
-    )
-    g.add_argument("--gm-select-temperature", type=float, default=1.0, help="Gumbel temperature (individual)")
-    g.add_argument("--gm-kmeans-iters", type=int, default=100, help="k-means iterations (paper: 100)")
-    g.add_argument(
-        "--gm-kmeans-points-per-centroid",
-        type=int,
-        default=256,
-        help="k-means trains on a seeded sample of this many documents per centroid",
-    )
-    g.add_argument("--seed", type=int, default=1234, help="k-means, Gumbel and random seed (paper: 1234)")
-    g = p.add_argument_group("output")
-    g.add_argument("--gm-stage", type=int, required=True, help="the stage that trains on this selection")
-    g.add_argument("--output", required=True, help="selection folder to write (what --gm-selection reads)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing selection at --output")
-    g = p.add_argument_group("runtime")
-    g.add_argument("--shard-size", type=int, default=1000, help="documents per score shard (resume unit)")
-    g.add_argument("--micro-batch-size", type=int, default=32, help="encoder batch size when scoring")
-    g.add_argument("--threads", type=int, default=1, help="CPU threads per rank (torch, BLAS, faiss)")
-    g.add_argument(
-        "--device", default="auto", choices=("auto", "cpu"), help="scoring device (auto: a GPU if any)"
-    )
-    g.add_argument("--no-progress", action="store_true", help="no progress bars (the summary line stays)")
-    return p
+    return add_dataclass_args(p, SelectConfig)
 
 
 @cli_main
@@ -81,28 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from megatron_gm.selection.comm import Comm
     from megatron_gm.selection.pipeline import SelectConfig, run_selection
 
-    cfg = SelectConfig(
-        output=args.output,
-        stage=args.gm_stage,
-        data_path=args.data_path,
-        influence_model=args.gm_influence_model,
-        scores_from=args.scores_from,
-        scores_dir=args.scores_dir,
-        embed_cache=args.embed_cache,
-        method=args.gm_select_method,
-        ratio=args.gm_select_ratio,
-        num_clusters=args.gm_num_clusters,
-        seed=args.seed,
-        temperature=args.gm_select_temperature,
-        kmeans_iters=args.gm_kmeans_iters,
-        kmeans_points_per_centroid=args.gm_kmeans_points_per_centroid,
-        shard_size=args.shard_size,
-        batch_size=args.micro_batch_size,
-        threads=args.threads,
-        device=args.device,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    cfg = from_namespace(SelectConfig, args)
     try:
         comm = Comm()
     except GMError:
@@ -120,13 +57,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def threads_flag(argv: list[str]) -> int | None:
+    """``--threads`` read before the config's module loads numpy (None: not given or not a number, left to
+    the full parser)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--threads", default=None)
+    try:
+        return int(pre.parse_known_args(argv)[0].threads)
+    except (TypeError, ValueError):
+        return None
+
+
+DEFAULT_THREADS = 1  # SelectConfig.threads' default, needed before its module (and numpy) is imported
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads < 1:
-        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    threads = threads_flag(argv)
+    threads = DEFAULT_THREADS if threads is None else threads
+    if threads < 1:
+        print(f"error: --threads must be >= 1, got {threads}", file=sys.stderr)
         return 2
     for var in THREAD_VARS:  # before numpy, torch and faiss load their thread pools
-        os.environ[var] = str(args.threads)
+        os.environ[var] = str(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run(args)
+    return run(build_parser().parse_args(argv))

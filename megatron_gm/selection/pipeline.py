@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from megatron_gm.config import check_settings, setting
 from megatron_gm.errors import GMError, ManifestMismatch
 from megatron_gm.manifest import Manifest
 from megatron_gm.selection.artifact import save_selection
@@ -48,26 +49,67 @@ DOCS_PER_CLUSTER = 3000  # the paper's density, used when --gm-num-clusters is n
 
 @dataclasses.dataclass
 class SelectConfig:
-    output: str
-    stage: int
-    data_path: str | None = None
-    influence_model: str | None = None
-    scores_from: str | None = None
-    scores_dir: str | None = None
-    embed_cache: str | None = None  # folder of pool embeddings reused across rounds (frozen encoder only)
-    method: str = "group"
-    ratio: float = 0.5
-    num_clusters: int | None = None  # None: about DOCS_PER_CLUSTER documents a cluster
-    seed: int = 1234
-    temperature: float = 1.0  # individual only
-    kmeans_iters: int = 100
-    kmeans_points_per_centroid: int = 256
-    shard_size: int = 1000
-    batch_size: int = 32
-    threads: int = 1
-    device: str = "auto"  # scoring: "auto" = this rank's GPU if there is one, else CPU; or "cpu"
-    overwrite: bool = False
-    progress: bool = True
+    """The selection's settings; each field is the flag of tools/select_data.py named in ``flag``."""
+
+    output: str = setting(help="selection folder to write (what --gm-selection reads)", group="output")
+    stage: int = setting(
+        help="the stage that trains on this selection", flag="--gm-stage", low=0, group="output"
+    )
+    data_path: str | None = setting(None, "dataset prefix (the .bin/.idx without extension)", group="inputs")
+    influence_model: str | None = setting(
+        None, "influence model folder (scores the pool)", flag="--gm-influence-model", group="inputs"
+    )
+    scores_from: str | None = setting(
+        None, "a finished scores folder: select without scoring", group="inputs"
+    )
+    scores_dir: str | None = setting(
+        None, "where scoring writes its shards (default OUTPUT.scores)", group="inputs"
+    )
+    embed_cache: str | None = setting(
+        None, "folder of pool embeddings kept across rounds; with a frozen encoder (influence --mode fast) "
+        "later rounds only apply the new heads", group="inputs",
+    )  # fmt: skip
+    method: str = setting(
+        "group",
+        "group, individual, quota or random (the twin)",
+        flag="--gm-select-method",
+        choices=METHODS,
+        group="selection",
+    )
+    ratio: float = setting(
+        0.5, "share of each cluster to keep, in (0, 1]", flag="--gm-select-ratio", above=0, high=1,
+        group="selection",
+    )  # fmt: skip
+    num_clusters: int | None = setting(
+        None, "k-means clusters (default: about 3000 documents a cluster, as in the paper)",
+        flag="--gm-num-clusters", low=1, group="selection",
+    )  # fmt: skip
+    seed: int = setting(
+        1234, "k-means, Gumbel and random seed (paper: 1234)", low=0, high=2**31 - 1, group="selection"
+    )
+    temperature: float = setting(
+        1.0, "Gumbel temperature (individual)", flag="--gm-select-temperature", low=0, group="selection"
+    )
+    kmeans_iters: int = setting(
+        100, "k-means iterations (paper: 100)", flag="--gm-kmeans-iters", low=1, group="selection"
+    )
+    kmeans_points_per_centroid: int = setting(
+        256, "k-means trains on a seeded sample of this many documents per centroid",
+        flag="--gm-kmeans-points-per-centroid", low=1, group="selection",
+    )  # fmt: skip
+    shard_size: int = setting(1000, "documents per score shard (resume unit)", low=1, group="runtime")
+    batch_size: int = setting(
+        32, "encoder batch size when scoring", flag="--micro-batch-size", low=1, group="runtime"
+    )
+    threads: int = setting(1, "CPU threads per rank (torch, BLAS, faiss)", low=1, group="runtime")
+    # scoring: "auto" = this rank's GPU if there is one, else CPU; or "cpu"
+    device: str = setting(
+        "auto", "scoring device (auto: a GPU if any)", choices=("auto", "cpu"), group="runtime"
+    )
+    overwrite: bool = setting(False, "replace an existing selection at --output", group="output")
+    progress: bool = setting(
+        True, "no progress bars (the summary line stays)", flag="--no-progress", group="runtime"
+    )
 
     @property
     def draw_seed(self) -> int:
@@ -75,12 +117,7 @@ class SelectConfig:
         return draw_seed(self.seed, self.stage)
 
     def validate(self) -> SelectConfig:
-        if self.method not in METHODS:
-            raise GMError(f"--gm-select-method {self.method!r} unknown; choose one of {', '.join(METHODS)}")
-        if not (math.isfinite(self.ratio) and 0 < self.ratio <= 1):
-            raise GMError(f"--gm-select-ratio must be in (0, 1], got {self.ratio}")
-        if self.num_clusters is not None and self.num_clusters < 1:
-            raise GMError(f"--gm-num-clusters must be >= 1, got {self.num_clusters}")
+        check_settings(self)
         if (self.influence_model is None) == (self.scores_from is None):
             raise GMError("pass exactly one of --gm-influence-model (score the pool) and --scores-from")
         if self.influence_model is not None and not self.data_path:
@@ -88,17 +125,6 @@ class SelectConfig:
         if self.scores_from is not None and (self.scores_dir is not None or self.embed_cache is not None):
             flag = "--scores-dir" if self.scores_dir is not None else "--embed-cache"
             raise GMError(f"{flag} is for scoring; with --scores-from nothing is scored")
-        if self.device not in ("auto", "cpu"):
-            raise GMError(f"--device must be auto or cpu, got {self.device!r}")
-        if self.stage < 0:
-            raise GMError(f"--gm-stage must be >= 0, got {self.stage}")
-        if not 0 <= self.seed < 2**31:
-            raise GMError(f"--seed must be in [0, 2**31), got {self.seed}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise GMError(f"--gm-select-temperature must be >= 0, got {self.temperature}")
-        for name in ("kmeans_iters", "kmeans_points_per_centroid", "shard_size", "batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise GMError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         return self
 
     @property

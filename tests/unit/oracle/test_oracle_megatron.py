@@ -198,7 +198,8 @@ from megatron_gm.oracle.collect import probe_trajectory
 from megatron_gm.oracle.megatron_engine import MegatronEngine
 from megatron_gm.oracle.samples import SampleFormat
 
-args, cfg, ckpt, inherited, info, dataset, source, ref, tok = cli.prepare(sys.argv[1:])
+p = cli.prepare(sys.argv[1:])
+args, cfg, ckpt, dataset, source, ref, tok = p.args, p.cfg, p.ckpt, p.dataset, p.source, p.reference, p.tokenizer
 args.use_checkpoint_opt_param_scheduler = True
 runtime.initialize()
 s = runtime.build(args)

@@ -8,7 +8,7 @@ import pytest
 
 from megatron_gm.errors import GMError
 from megatron_gm.pipeline.cli import main as cli_main
-from megatron_gm.pipeline.config import ModelConfig, OracleConfig, PipelineConfig
+from megatron_gm.pipeline.config import GPTConfig, OracleSection, PipelineConfig
 from megatron_gm.pipeline.estimate import (
     H100,
     PoolStats,
@@ -30,9 +30,9 @@ def _tiny_cfg(**oracle) -> PipelineConfig:
     cfg = PipelineConfig(
         stages=3,
         random_twin=False,
-        model=ModelConfig(num_layers=1, hidden_size=8, num_attention_heads=2, ffn_hidden_size=32, seq_length=4,
+        model=GPTConfig(num_layers=1, hidden_size=8, num_attention_heads=2, ffn_hidden_size=32, seq_length=4,
                           vocab_size=16),
-        oracle=OracleConfig(trajectories=2, traj_len=1, ref_max_examples=3, **oracle),
+        oracle=OracleSection(trajectories=2, T=1, ref_samples=3, **oracle),
     )  # fmt: skip
     cfg.data_path = "/nonexistent"
     return cfg
@@ -67,7 +67,7 @@ def test_reference_length_is_measured_from_the_file(tmp_path):
     )
     cfg = _tiny_cfg()
     cfg.model.seq_length = 16
-    cfg.oracle.ref_path = str(path)
+    cfg.oracle.ref_data = str(path)
     total, per, how = reference_tokens(cfg)
     assert per == pytest.approx((29 / 3 + 1 + 59 / 3 + 1) / 3)
     assert total == pytest.approx(3 * per) and "ref.jsonl" in how
@@ -77,7 +77,7 @@ def test_reference_length_is_measured_from_the_file(tmp_path):
 
 def _paper(scale: str):
     cfg = preset(f"paper-{scale}")
-    phases = build_plan(cfg, "/tmp/x", cfg.oracle.ref_path)
+    phases = build_plan(cfg, "/tmp/x", cfg.oracle.ref_data)
     ests, hw, pool = estimate_plan(cfg, phases)
     assert hw is H100 and not pool.measured and pool.num_tokens == pytest.approx(2 * 2 * cfg.train.stage_iters
                                                                                    * 1024 * 2048)  # fmt: skip
@@ -87,7 +87,7 @@ def _paper(scale: str):
 def test_paper_setting_agrees_with_table5_within_2x():
     assert LAMBADA_REF.is_file(), "the bundled prompt/target reference set stands in for FLAN"
     cfg, cost = _paper("1b-1x")
-    assert cfg.stages == 2 and cfg.oracle.trajectories == 20000 and 2 * cfg.oracle.bootstrap_beams == 20000
+    assert cfg.stages == 2 and cfg.oracle.trajectories == 20000 and 2 * cfg.bootstrap.beams_per_tail == 20000
     assert 60 < reference_tokens(cfg)[1] < 120  # LAMBADA examples at their own length, not 2,048
     for kind, paper in TABLE5_1B.items():
         ours = cost.time_share(kind)
@@ -175,13 +175,13 @@ def test_bad_round_settings_are_refused():
 
 def test_large_preset_three_rounds_stay_under_ten_percent():
     cfg = preset("large")
-    cfg.oracle.ref_path = str(LAMBADA_REF.with_name("ref_wikitext103_valid.jsonl.gz"))  # the pipeline default
-    phases = build_plan(cfg, "/tmp/x", cfg.oracle.ref_path)
+    cfg.oracle.ref_data = str(LAMBADA_REF.with_name("ref_wikitext103_valid.jsonl.gz"))  # the pipeline default
+    phases = build_plan(cfg, "/tmp/x", cfg.oracle.ref_data)
     assert sum(p.kind == "select" and p.branch == "main" for p in phases) == 3
     cost = cost_summary(phases, estimate_plan(cfg, phases)[0])
     assert 0.03 < cost.overhead_flops <= 0.10
     # the old setting (128 reference examples, every round at full size, re-embedding the pool) did not
-    cfg.oracle.ref_max_examples, cfg.oracle.later_round_fraction = 128, 1.0
+    cfg.oracle.ref_samples, cfg.oracle.later_round_fraction = 128, 1.0
     cfg.influence.freeze_encoder_after_first_round = False
     assert cost_summary(phases, estimate_plan(cfg, phases)[0]).overhead_flops > 0.3
 

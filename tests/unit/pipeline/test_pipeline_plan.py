@@ -70,7 +70,7 @@ def test_bootstrap_round(tmp_path):
     """docs/method.md step 3: beam-search with the first model, probe those trajectories from the same
     checkpoint, retrain on both stores; the selection uses the retrained model."""
     cfg = preset("test")
-    cfg.override("oracle.bootstrap_beams=4")
+    cfg.override("bootstrap.beams_per_tail=4")
     ph = by_name(build_plan(cfg, tmp_path))
     out = tmp_path.resolve() / "stage0"
     assert [n for n in ph if n.startswith("stage0.")] == [
@@ -328,15 +328,15 @@ def test_estimate_skips_the_pool_embedding_after_the_first_round():
 
 @pytest.mark.parametrize(("probe", "expect"), [(0, 30000), (120, 120)])
 def test_bootstrap_probe_count_reaches_the_tool(tmp_path, probe, expect):
-    """oracle.bootstrap_probe_count=0 is documented as the whole pool: the tool must search all of it."""
+    """bootstrap.probe_count=0 is documented as the whole pool: the tool must search all of it."""
     import numpy as np
 
     from megatron_gm.influence.bootstrap import BootstrapConfig, probing_pool
     from megatron_gm.influence.cli import bootstrap_parser
 
     cfg = preset("test")
-    cfg.override("oracle.bootstrap_beams=4")
-    cfg.override(f"oracle.bootstrap_probe_count={probe}")
+    cfg.override("bootstrap.beams_per_tail=4")
+    cfg.override(f"bootstrap.probe_count={probe}")
     args = bootstrap_parser().parse_args(by_name(build_plan(cfg, tmp_path))["stage0.bootstrap"].args)
     bc = BootstrapConfig(
         model=args.model, data_path=args.data_path, output=args.output, probe_count=args.probe_count

@@ -183,8 +183,8 @@ CASES = {
     # pipeline: every --set value typed and ranged
     "set_lr_nan": ("pipeline", lambda w, t: _pipeline(w, "train.lr=nan"), ("train.lr",)),
     "set_lr_inf": ("pipeline", lambda w, t: _pipeline(w, "train.lr=inf"), ("train.lr",)),
-    "set_negative_ref_examples": ("pipeline", lambda w, t: _pipeline(w, "oracle.ref_max_examples=-4"),
-                                  ("oracle.ref_max_examples",)),
+    "set_negative_ref_examples": ("pipeline", lambda w, t: _pipeline(w, "oracle.ref_samples=-4"),
+                                  ("oracle.ref_samples",)),
     "set_zero_heads": ("pipeline", lambda w, t: _pipeline(w, "model.num_attention_heads=0"),
                        ("model.num_attention_heads",)),
     "set_ratio_above_one": ("pipeline", lambda w, t: _pipeline(w, "select.ratio=1.5"), ("select.ratio",)),
