@@ -295,7 +295,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list
         frozen = init is not None and cfg.influence.freeze_encoder_after_first_round
         infl = add("influence", "main", s, influence_args(cfg, [d / "oracle"], model, init, frozen), [oracle],
                    {"influence": model}, marker=model / "manifest.json")  # fmt: skip
-        if cfg.bootstrap.beams_per_tail:  # method.md step 3: probe beam-searched tails, retrain on both rounds
+        if cfg.bootstrap.beams_per_tail:  # method.md step 3: probe beam-searched tails, retrain on both
             trajs = d / "bootstrap"
             bs = add("bootstrap", "main", s, bootstrap_args(cfg, model, trajs, s), [infl],
                      {"trajectories": trajs}, marker=trajs / "manifest.json")  # fmt: skip
