@@ -56,6 +56,17 @@ def probe_trajectory(engine: ProbeEngine, docs, base_loss: float, seed: int, tra
     return np.diff(losses), losses
 
 
+def collect_shard(engine: ProbeEngine, ids, docs, base_loss: float, seed: int, bar=None):
+    """Labels [n, T] and reference losses [n, T+1] (float64) of trajectories ``ids`` with documents ``docs``."""
+    labels = np.empty(docs.shape, dtype=np.float64)
+    losses = np.empty((len(ids), docs.shape[1] + 1), dtype=np.float64)
+    for row, k in enumerate(ids):
+        labels[row], losses[row] = probe_trajectory(engine, docs[row], base_loss, seed, int(k))
+        if bar is not None:
+            bar.update(1)
+    return labels, losses
+
+
 @dataclasses.dataclass
 class Group:
     """Where this process sits: its data-parallel group, and whether it writes that group's shards."""
@@ -148,13 +159,8 @@ def collect(
     for i in mine:
         ids = np.asarray(shard_ids(i, shard_size, n), dtype=np.int64)
         docs = source.documents(ids)
-        labels = np.empty(docs.shape, dtype=np.float64)
-        losses = np.empty((len(ids), docs.shape[1] + 1), dtype=np.float64)
-        for row, k in enumerate(ids):
-            labels[row], losses[row] = probe_trajectory(engine, docs[row], base, source.seed, int(k))
-            done += 1
-            if bar is not None:
-                bar.update(1)
+        labels, losses = collect_shard(engine, ids, docs, base, source.seed, bar)
+        done += len(ids)
         if group.writer:
             shards.write(
                 i,

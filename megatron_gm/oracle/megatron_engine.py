@@ -11,7 +11,15 @@ plain optimizer reduces its clipping norm over the model-parallel group only.
 The reference loss is a forward-only pass in eval mode over the reference samples; the last pipeline
 stage sums token losses in float64 and broadcasts the mean to the other stages. A reference set in the
 natural layout runs as one pass per length bucket (``reference.length_buckets``), each at its own
-sequence length: right padding under causal attention leaves every counted loss as it is.
+sequence length: right padding under causal attention leaves every counted loss as it is. The reference
+micro-batches are built and moved to the device once, not per pass.
+
+Without tensor, pipeline or context parallelism (the usual oracle layout: data-parallel groups only) a
+micro-batch is read straight from the iterator (``direct_batch``) instead of through Megatron's
+``get_batch``, whose TP broadcasts are then five collectives on a one-rank group per micro-batch and which
+rebuilds the transformer config from args on each call. The tensors the model sees are the same, so the
+labels are bit for bit those of ``get_batch`` (``tests/test_oracle_throughput.py``); ``direct=False``
+forces Megatron's path.
 """
 
 from __future__ import annotations
@@ -55,6 +63,57 @@ def check_optimizer(optimizer) -> list:
     return subs
 
 
+BATCH_KEYS = ("tokens", "position_ids", "attention_mask", "labels", "loss_mask")
+
+
+def direct_batches_supported(args) -> bool:
+    """True when ``get_batch`` would only broadcast in a one-rank TP group and pass the batch through."""
+    from megatron.core import mpu
+
+    return (
+        mpu.get_tensor_model_parallel_world_size() == 1
+        and mpu.get_pipeline_model_parallel_world_size() == 1
+        and mpu.get_context_parallel_world_size() == 1
+        and not args.dataloader_inter_document_masking
+        and not args.hybrid_context_parallel
+        and not (args.mtp_num_layers or 0)
+    )
+
+
+def direct_batch(data_iterator) -> dict:
+    """The next micro-batch on this device, as ``gpt.get_batch`` returns it without model parallelism."""
+    batch = next(data_iterator)
+    return {
+        k: (None if batch.get(k) is None else batch[k].to(_device(), non_blocking=True)) for k in BATCH_KEYS
+    }
+
+
+def _read_batch(data_iterator, model, direct: bool) -> dict:
+    from megatron.core.utils import get_attr_wrapped_model
+
+    from megatron_gm.megatron import gpt
+
+    if direct:
+        return direct_batch(data_iterator)
+    return gpt.get_batch(data_iterator, get_attr_wrapped_model(model, "vp_stage"))
+
+
+def _model_output(model, b: dict):
+    return model(
+        b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"], loss_mask=b["loss_mask"]
+    )
+
+
+def train_forward_step(data_iterator, model, direct: bool = False):
+    """``gpt.forward_step`` for an unpacked probe sample; ``direct``: read it with ``direct_batch``."""
+    from megatron_gm.megatron import gpt
+
+    if not direct:
+        return gpt.forward_step(data_iterator, model)
+    b = direct_batch(data_iterator)
+    return _model_output(model, b), partial(gpt.loss_func, b["loss_mask"], model=model)
+
+
 def _ref_loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
     losses = output.view(-1).double()
     mask = loss_mask.view(-1).double()
@@ -62,17 +121,10 @@ def _ref_loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
     return total.float(), count.to(torch.int), {"ref": torch.stack([total, count]).detach()}
 
 
-def ref_forward_step(data_iterator, model):
+def ref_forward_step(data_iterator, model, direct: bool = False):
     """GPT forward on a reference micro-batch; the report is [sum of token losses, token count] (float64)."""
-    from megatron.core.utils import get_attr_wrapped_model
-
-    from megatron_gm.megatron import gpt
-
-    b = gpt.get_batch(data_iterator, get_attr_wrapped_model(model, "vp_stage"))
-    output = model(
-        b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"], loss_mask=b["loss_mask"]
-    )
-    return output, partial(_ref_loss_func, b["loss_mask"])
+    b = _read_batch(data_iterator, model, direct)
+    return _model_output(model, b), partial(_ref_loss_func, b["loss_mask"])
 
 
 def _ref_rows_loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
@@ -82,17 +134,10 @@ def _ref_rows_loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
     return rows[:, 0].sum().float(), mask.sum().to(torch.int), {"rows": rows.detach()}
 
 
-def ref_rows_forward_step(data_iterator, model):
+def ref_rows_forward_step(data_iterator, model, direct: bool = False):
     """As ``ref_forward_step``, reporting [sum of token losses, token count] per row (float64)."""
-    from megatron.core.utils import get_attr_wrapped_model
-
-    from megatron_gm.megatron import gpt
-
-    b = gpt.get_batch(data_iterator, get_attr_wrapped_model(model, "vp_stage"))
-    output = model(
-        b["tokens"], b["position_ids"], b["attention_mask"], labels=b["labels"], loss_mask=b["loss_mask"]
-    )
-    return output, partial(_ref_rows_loss_func, b["loss_mask"])
+    b = _read_batch(data_iterator, model, direct)
+    return _model_output(model, b), partial(_ref_rows_loss_func, b["loss_mask"])
 
 
 class MegatronEngine:
@@ -105,6 +150,7 @@ class MegatronEngine:
         *,
         ref_micro_batch_size: int,
         scheduler_increment: int,
+        direct: bool = True,
     ):
         from megatron.core.pipeline_parallel import get_forward_backward_func
         from megatron.core.utils import get_model_config
@@ -129,6 +175,7 @@ class MegatronEngine:
             o.grad_scaler for o in subs if getattr(o, "grad_scaler", None) is not None
         ]
         self.snapshot = StateSnapshot(params, torch_opts, objects)
+        self.direct = direct and direct_batches_supported(args)  # False: Megatron's get_batch
         self.ref_mbs = max(1, min(ref_micro_batch_size, len(reference)))
         self.reference = reference
         self.ref_batches = self._reference_batches(reference)
@@ -141,7 +188,7 @@ class MegatronEngine:
             a.tensor_model_parallel_size if a.sequence_parallel else 1, a.context_parallel_size
         )
         return [
-            (L, [to_batch(t, m, self.fmt) for t, m in batches])
+            (L, [_on_device(to_batch(t, m, self.fmt)) for t, m in batches])
             for L, batches in length_buckets(ref, self.ref_mbs, multiple)
         ]
 
@@ -174,7 +221,7 @@ class MegatronEngine:
                 with torch.no_grad(), override_arg(self.args, "micro_batch_size", self.ref_mbs):
                     with override_arg(self.args, "seq_length", length):
                         reports += self.forward_backward(
-                            forward_step_func=step_func,
+                            forward_step_func=partial(step_func, direct=self.direct),
                             data_iterator=self._iterator(batches),
                             model=self.model,
                             num_microbatches=len(batches),
@@ -243,7 +290,7 @@ class MegatronEngine:
                 m.zero_grad_buffer()
             self.optimizer.zero_grad()
             self.forward_backward(
-                forward_step_func=_gpt_forward_step(),
+                forward_step_func=partial(train_forward_step, direct=self.direct and not rerun_guard),
                 data_iterator=self._iterator(batches),
                 model=self.model,
                 num_microbatches=num_microbatches,
@@ -297,18 +344,16 @@ class MegatronEngine:
         return s / n if n else float("nan")
 
 
-def _gpt_forward_step():
-    from megatron_gm.megatron import gpt
-
-    return gpt.forward_step
-
-
 def _device():
     return (
         torch.device("cuda", torch.cuda.current_device())
         if torch.cuda.is_available()
         else torch.device("cpu")
     )
+
+
+def _on_device(batch: dict) -> dict:
+    return {k: (None if v is None else v.to(_device())) for k, v in batch.items()}
 
 
 def _seed_everything(seed: int) -> None:
