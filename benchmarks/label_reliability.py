@@ -75,10 +75,10 @@ def collect_rows(argv: list[str], rows_path: Path) -> None:
     import torch
 
     from megatron_gm.megatron import runtime
+    from megatron_gm.megatron.samples import SampleFormat
     from megatron_gm.oracle import cli
     from megatron_gm.oracle.collect import step_seed
     from megatron_gm.oracle.megatron_engine import MegatronEngine
-    from megatron_gm.oracle.samples import SampleFormat
 
     args, cfg, ckpt, _, _, dataset, source, ref, tok = cli.prepare(argv)
     args.use_checkpoint_opt_param_scheduler = True

@@ -196,7 +196,7 @@ from megatron_gm.megatron import gpt, runtime
 from megatron_gm.oracle import cli
 from megatron_gm.oracle.collect import probe_trajectory
 from megatron_gm.oracle.megatron_engine import MegatronEngine
-from megatron_gm.oracle.samples import SampleFormat
+from megatron_gm.megatron.samples import SampleFormat
 
 args, cfg, ckpt, inherited, info, dataset, source, ref, tok = cli.prepare(sys.argv[1:])
 args.use_checkpoint_opt_param_scheduler = True

@@ -45,7 +45,7 @@ def export_selection(data_path: str, selection: str, output_prefix: str, overwri
     """Copy the selected documents of ``data_path`` to ``output_prefix``; returns the export record."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-    from megatron_gm.selection.artifact import load_selection
+    from megatron_gm.data.selection import load_selection
 
     info = load_dataset_info(data_path)
     docs, manifest = load_selection(selection, dataset_fingerprint=info.fingerprint, num_docs=info.num_docs)

@@ -18,8 +18,6 @@ The result is a trajectory file that ``tools/collect_oracle.py`` probes: a folde
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
 import shutil
 from pathlib import Path
 
@@ -27,9 +25,8 @@ import numpy as np
 import torch
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import Manifest, atomic_write_bytes
-
-TRAJ_KIND = "trajectories"
+from megatron_gm.manifest import Manifest
+from megatron_gm.oracle.trajectories import TRAJ_KIND, load_trajectories, save_trajectories
 
 
 def beam_search(
@@ -107,66 +104,6 @@ def group_influence(h: np.ndarray, s: np.ndarray, alpha: float, tau: float, traj
     a = torch.tensor([alpha], dtype=torch.float64)
     tt = torch.tensor([tau], dtype=torch.float64)
     return group_prediction(H, S, a, tt, relation).sum(dim=1).numpy()
-
-
-# -- trajectory files --------------------------------------------------------------------------------------
-
-
-def _save_npy(path: Path, a: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def save_trajectories(
-    folder: str | os.PathLike,
-    documents: np.ndarray,
-    manifest: Manifest,
-    *,
-    predicted: np.ndarray | None = None,
-    tail: np.ndarray | None = None,
-    probe_documents: np.ndarray | None = None,
-) -> Path:
-    folder = Path(folder)
-    docs = np.asarray(documents, dtype=np.int64)
-    if docs.ndim != 2 or docs.size == 0:
-        raise GMError(f"{folder}: trajectories must be a non-empty [n, T] array of document indices")
-    if manifest.kind != TRAJ_KIND:
-        raise GMError(f"{folder}: trajectory manifest must have kind {TRAJ_KIND!r}")
-    folder.mkdir(parents=True, exist_ok=True)
-    _save_npy(folder / "documents.npy", docs)
-    if predicted is not None:
-        _save_npy(folder / "predicted.npy", np.asarray(predicted, dtype=np.float32))
-    if tail is not None:
-        _save_npy(folder / "tail.npy", np.asarray(tail, dtype=np.int8))
-    if probe_documents is not None:
-        _save_npy(folder / "probe_documents.npy", np.asarray(probe_documents, dtype=np.int64))
-    manifest.config["T"] = int(docs.shape[1])
-    manifest.config["num_trajectories"] = int(docs.shape[0])
-    manifest.save(folder / "manifest.json")
-    return folder
-
-
-def load_trajectories(
-    folder: str | os.PathLike, *, dataset_fingerprint: str | None = None, num_docs: int | None = None
-) -> tuple[np.ndarray, Manifest]:
-    """documents [n, T] int64 and the manifest; refuses a file made for another dataset."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise GMError(f"{folder}: trajectory file not found; write one with tools/bootstrap_trajectories.py")
-    manifest = Manifest.load(folder / "manifest.json")
-    if manifest.kind != TRAJ_KIND:
-        raise GMError(f"{folder}: is a {manifest.kind!r} artifact, not a trajectory file")
-    manifest.check(path=folder, dataset_fingerprint=dataset_fingerprint)
-    try:
-        docs = np.load(folder / "documents.npy", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise GMError(f"{folder}/documents.npy: unreadable ({e}); regenerate the trajectories") from e
-    if docs.ndim != 2 or docs.dtype != np.int64 or docs.size == 0:
-        raise GMError(f"{folder}/documents.npy: not a non-empty int64 [n, T] array; regenerate it")
-    if num_docs is not None and (docs.min() < 0 or docs.max() >= num_docs):
-        raise GMError(f"{folder}: document index out of range for a dataset of {num_docs} documents")
-    return docs, manifest
 
 
 # -- the bootstrap job -------------------------------------------------------------------------------------

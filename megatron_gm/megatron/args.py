@@ -170,7 +170,7 @@ def selection_digest(folder: str) -> str:
 def load_stage_selection(args):
     """Load ``--gm-selection`` and check it against ``--data-path``; returns (documents, manifest)."""
     from megatron_gm.data.indexed import load_dataset_info
-    from megatron_gm.selection.artifact import load_selection
+    from megatron_gm.data.selection import load_selection
 
     prefix = data_prefix(args)
     info = load_dataset_info(prefix)

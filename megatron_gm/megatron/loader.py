@@ -200,7 +200,7 @@ LEDGER = "gm_stages.json"
 
 def check_loaded_vocab(args) -> None:
     """Refuse a loaded checkpoint whose padded vocabulary differs from this run's (Megatron does not)."""
-    from megatron_gm.oracle.checkpoint import TRACKER, inspect_checkpoint, padded_vocab_mismatch
+    from megatron_gm.megatron.checkpoint import TRACKER, inspect_checkpoint, padded_vocab_mismatch
 
     load = getattr(args, "load", None)
     if not load or not os.path.isfile(os.path.join(load, TRACKER)):

@@ -8,5 +8,4 @@
 - ``comm.py``      the ranks (mpi4py: mpirun, srun --mpi=pmix/pmi2, or one process)
 - ``pipeline.py``  the sharded run: score, cluster, assign, select, gather, write
 - ``cli.py``       ``tools/select_data.py``
-- ``artifact.py``  the selection artifact ``--gm-selection`` reads
 """

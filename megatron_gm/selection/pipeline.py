@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from megatron_gm.data.selection import save_selection
 from megatron_gm.errors import GMError, ManifestMismatch
 from megatron_gm.manifest import Manifest
-from megatron_gm.selection.artifact import save_selection
 from megatron_gm.selection.cluster import assign, kmeans_sample, train_centroids
 from megatron_gm.selection.comm import Comm
 from megatron_gm.selection.methods import (
