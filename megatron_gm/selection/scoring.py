@@ -52,7 +52,8 @@ def score_shards(
 
     With ``embed_cache`` (frozen encoder), h is read from the cache where it has the shard, else
     computed and added to it; s always comes from this model's heads."""
-    from megatron_gm.influence.embed import document_texts, embed_texts, individual_scores
+    from megatron_gm.data.documents import document_texts
+    from megatron_gm.influence.embed import embed_texts, individual_scores
     from megatron_gm.selection.embed_cache import cached_h
 
     done = 0
