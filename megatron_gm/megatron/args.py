@@ -80,12 +80,16 @@ def add_gm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def extra_args_provider(other: Callable | None = None) -> Callable:
-    """An ``extra_args_provider`` adding our group after ``other`` (another provider, or None)."""
+def extra_args_provider(other: Callable | None = None, for_training: bool = True) -> Callable:
+    """An ``extra_args_provider`` adding our group after ``other`` (another provider, or None).
+
+    ``for_training=False`` (in-process tools that only load a stage) marks the parsed args
+    ``gm_for_training=False``: validation then asks for no ``--save`` and locks none."""
 
     def provider(parser):
         if other is not None:
             parser = other(parser)
+        parser.set_defaults(gm_for_training=for_training)
         return add_gm_args(parser)
 
     return provider
