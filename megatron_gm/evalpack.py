@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_bytes
+from megatron_gm.fs import atomic_write_bytes
 
 KINDS = ("windows", "prompts")
 

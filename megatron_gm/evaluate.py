@@ -27,8 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from megatron_gm.dist import single_process_env
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.fs import atomic_write_text
 from megatron_gm.megatron.checkpoint_args import check_architecture, given_flags, inherit_flags, pre_parse
 from megatron_gm.megatron.scoring import prompt_metrics, reference_metrics, score_samples
 
@@ -117,20 +118,6 @@ def iterations_to_run(load: str, spec: str, latest: int) -> list[int]:
         raise GMError(
             f"--gm-eval-iterations {spec!r}: expected latest, all or a comma list of ints"
         ) from None
-
-
-def single_process_env() -> None:
-    """Started without torchrun: the env:// rendezvous of a one-process group on a free local port."""
-    if "RANK" in os.environ:
-        return
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import numpy as np
 from megatron_gm.data.indexed import load_dataset_info
 from megatron_gm.data.tokenizer import build_tokenizer
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import sha256_file
+from megatron_gm.fs import sha256_file
 
 
 @functools.lru_cache(maxsize=4)

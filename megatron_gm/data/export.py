@@ -25,7 +25,7 @@ import numpy as np
 
 from megatron_gm.data.indexed import _dtype_for, finish_indexed_dataset, load_dataset_info, sidecar_path
 from megatron_gm.errors import GMError, cli_main
-from megatron_gm.manifest import atomic_write_text, sha256_file
+from megatron_gm.fs import atomic_write_text, sha256_file
 
 
 def build_parser() -> argparse.ArgumentParser:

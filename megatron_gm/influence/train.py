@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import sha256_text
 from megatron_gm.influence import dist as gdist
 from megatron_gm.influence.data import (
     TrajectoryData,
@@ -50,7 +51,7 @@ from megatron_gm.influence.model import (
     default_encoder_path,
     encoder_hash,
 )
-from megatron_gm.manifest import Manifest, sha256_text
+from megatron_gm.manifest import Manifest
 from megatron_gm.stats import spearman_ci
 
 MODES = ("full", "fast")
@@ -558,7 +559,7 @@ def train_influence_model(cfg: TrainConfig) -> dict:
 
 def publish(out: Path, best: Path, result: dict) -> None:
     """Copy the best model's files into the output folder (manifest last) and write metrics.json."""
-    from megatron_gm.manifest import atomic_write_text
+    from megatron_gm.fs import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)  # the folder is incomplete until the manifest is back

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import sha256_files
 from megatron_gm.megatron import eval_hook
 
 GROUP_TITLE = "megatron-gm (Group-MATES data selection)"
@@ -164,11 +164,7 @@ def _is_number(text: str) -> bool:
 
 def selection_digest(folder: str) -> str:
     """Hash of a selection's documents and manifest: names the stage dataset and guards resumes."""
-    h = hashlib.sha256()
-    for name in ("documents.npy", "manifest.json"):
-        with open(os.path.join(folder, name), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
+    return sha256_files((b"", os.path.join(folder, name)) for name in ("documents.npy", "manifest.json"))[:16]
 
 
 def load_stage_selection(args):

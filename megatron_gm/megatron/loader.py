@@ -225,7 +225,7 @@ def check_stage_ledger(args) -> None:
     """
     import torch
 
-    from megatron_gm.manifest import atomic_write_text
+    from megatron_gm.fs import atomic_write_text
 
     stage, it = args.gm_stage, args.iteration
     start = args.gm_stage_start_iter

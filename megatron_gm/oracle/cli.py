@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from megatron_gm.errors import GMError, cli_main
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.fs import atomic_write_text
 from megatron_gm.megatron.checkpoint_args import check_architecture, inherit_flags, pre_parse
 from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from megatron_gm.data.jsonl import iter_lines, parse_record
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_text, sha256_file
+from megatron_gm.fs import atomic_write_text, sha256_file
 from megatron_gm.selection.scores import open_scores, read_shard, write_scores
 
 LOG = logging.getLogger(__name__)

@@ -12,8 +12,6 @@ import dataclasses
 import heapq
 import math
 import os
-import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import numpy as np
 
 from megatron_gm.data.selection import save_selection
 from megatron_gm.errors import GMError, ManifestMismatch
+from megatron_gm.fs import write_folder
 from megatron_gm.manifest import Manifest
 from megatron_gm.selection.cluster import assign, kmeans_sample, train_centroids
 from megatron_gm.selection.comm import Comm
@@ -507,16 +506,5 @@ def write_artifact(cfg: SelectConfig, plan: Plan, docs: np.ndarray) -> Path:
     check_output(cfg)
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    old = out.with_name(f".{out.name}.old{os.getpid()}")
-    stale = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)\d+")
-    for p in out.parent.iterdir():  # left by a run killed while writing
-        if stale.fullmatch(p.name) and p.is_dir():
-            shutil.rmtree(p)
-    save_selection(tmp, docs, selection_manifest(cfg, plan, int(docs.size)))
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    write_folder(out, lambda tmp: save_selection(tmp, docs, selection_manifest(cfg, plan, int(docs.size))))
     return out

@@ -7,7 +7,6 @@ and written with its completion marker; a rerun after a kill scores only the sha
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import sha256_files
 from megatron_gm.selection.scores import shard_range
 from megatron_gm.shards import ShardSet
 
@@ -27,13 +27,8 @@ def influence_model_hash(folder: str | os.PathLike) -> str:
     folder = Path(folder)
     if not folder.is_dir():
         raise GMError(f"{folder}: influence model not found; pass --gm-influence-model the model folder")
-    h = hashlib.sha256()
-    for p in sorted(q for q in folder.rglob("*") if q.is_file() and q.name not in _SKIP):
-        h.update(str(p.relative_to(folder)).encode() + b"\0")
-        with open(p, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()[:16]
+    files = sorted(q for q in folder.rglob("*") if q.is_file() and q.name not in _SKIP)
+    return sha256_files((str(p.relative_to(folder)).encode() + b"\0", p) for p in files)[:16]
 
 
 def score_shards(
