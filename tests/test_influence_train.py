@@ -236,7 +236,7 @@ def test_cli_errors_are_one_line_and_write_nothing(world, tmp_path):
 
 def _cache(rank, world_size, enc, prefix, docs, folder, fingerprint):
     from megatron_gm.influence import InfluenceModel, ModelConfig
-    from megatron_gm.influence.embed import cached_embeddings
+    from megatron_gm.influence.embed_cache import cached_embeddings
 
     torch.set_num_threads(1)
     model = InfluenceModel(ModelConfig(str(enc)))

@@ -152,7 +152,8 @@ def probing_pool(cfg: BootstrapConfig, num_docs: int) -> np.ndarray:
 def run_bootstrap(cfg: BootstrapConfig) -> dict:
     """Embed the probing pool with the trained model, beam-search both tails, write the trajectory file."""
     from megatron_gm.data.indexed import load_dataset_info
-    from megatron_gm.influence.embed import cached_embeddings, individual_scores
+    from megatron_gm.influence.embed import individual_scores
+    from megatron_gm.influence.embed_cache import cached_embeddings
     from megatron_gm.influence.io import load_influence_model, read_model_config
 
     cfg.validate()

@@ -12,15 +12,12 @@ values may differ in the last bits.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from megatron_gm.data.documents import document_texts
 from megatron_gm.errors import GMError
 from megatron_gm.influence.chunks import pad_chunks
 
@@ -81,71 +78,3 @@ def score_texts(
     """(h float32 [n, d], s float32 [n]) for texts; a document's result does not depend on its batch-mates."""
     h = embed_texts(model, texts, batch_size, progress)
     return h, individual_scores(model, h)
-
-
-def cached_embeddings(
-    encoder_id: str,
-    model: InfluenceModel,
-    data_path: str,
-    docs: np.ndarray,
-    folder: Path,
-    batch_size: int,
-    fingerprint: str,
-    progress: bool,
-    per_shard: int = 1024,
-) -> np.ndarray:
-    """h of ``docs`` (document indices) with ``model``'s encoder, cached in resumable shards split by rank.
-
-    The cache folder name is the digest of what the vectors depend on (encoder hash ``encoder_id``, chunking,
-    batch size, the document list, the dataset), so a changed input never reuses stale vectors. A killed run
-    keeps its finished shards. With torch.distributed initialised, rank r embeds shards r, r+world, ...
-    and every rank returns the full array.
-    """
-    import math
-
-    import torch.distributed as dist
-    from tqdm import tqdm
-
-    from megatron_gm.manifest import Manifest
-    from megatron_gm.shards import ShardSet
-
-    docs = np.asarray(docs, dtype=np.int64)
-    n_shards = max(1, math.ceil(len(docs) / per_shard))
-    config = {
-        "encoder_sha256": encoder_id,
-        "chunk_len": model.chunk_len,
-        "max_chunks": model.config.max_chunks,
-        "batch_size": batch_size,
-        "docs": hashlib.sha256(docs.tobytes()).hexdigest()[:16],
-        "num_docs": len(docs),
-        "num_shards": n_shards,
-    }
-    manifest = Manifest("embedding_cache", fingerprint, config=config)
-    shards = ShardSet(Path(folder) / f"embeddings-{manifest.digest()}", n_shards)
-    on = dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
-    if rank == 0:
-        shards.open(manifest)
-    if on:
-        dist.barrier()
-    pending = shards.pending(rank, world)
-    todo = sum(len(docs[i * per_shard : (i + 1) * per_shard]) for i in pending)
-    bar = tqdm(
-        total=todo,
-        desc="embed documents",
-        unit="doc",
-        disable=not progress or not pending,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
-    )
-    for i in pending:
-        part = docs[i * per_shard : (i + 1) * per_shard]
-        h = embed_texts(model, document_texts(data_path, part), batch_size, progress=bar)
-        shards.write(i, h=h, docs=part)
-    bar.close()
-    if on:
-        dist.barrier()
-    parts = shards.read_all()
-    out = np.concatenate([p["h"] for p in parts])
-    if not np.array_equal(np.concatenate([p["docs"] for p in parts]), docs):
-        raise GMError(f"{shards.folder}: cached embeddings do not match the documents; delete the folder")
-    return out

@@ -42,7 +42,7 @@ from megatron_gm.influence.data import (
     split_indices,
     zscore_stats,
 )
-from megatron_gm.influence.embed import cached_embeddings
+from megatron_gm.influence.embed_cache import cached_embeddings
 from megatron_gm.influence.io import KIND, load_heads, save_influence_model, warm_start_encoder
 from megatron_gm.influence.model import (
     InfluenceModel,

@@ -28,7 +28,7 @@ import numpy as np
 from megatron_gm.data.jsonl import iter_lines, parse_record
 from megatron_gm.errors import GMError
 from megatron_gm.fs import atomic_write_text, sha256_file
-from megatron_gm.selection.scores import open_scores, read_shard, write_scores
+from megatron_gm.selection.score_store import open_scores, read_shard, write_scores
 
 LOG = logging.getLogger(__name__)
 POS, NEG = "__label__pos", "__label__neg"

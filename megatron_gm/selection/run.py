@@ -8,155 +8,43 @@ artifact bytes. The scores folder (``--scores-dir``) must be on a file system ev
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
-import os
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from megatron_gm.data.selection import save_selection
 from megatron_gm.errors import GMError, ManifestMismatch
 from megatron_gm.fs import write_folder
+from megatron_gm.influence.embed_cache import embed_cache_manifest, embed_cache_shards
 from megatron_gm.manifest import Manifest
 from megatron_gm.selection.cluster import assign, kmeans_sample, train_centroids
 from megatron_gm.selection.comm import Comm
+from megatron_gm.selection.config import DOCS_PER_CLUSTER, Clock, Plan, SelectConfig, Summary
 from megatron_gm.selection.methods import (
-    METHODS,
     PER_CLUSTER,
     cluster_quotas,
-    draw_seed,
     select_in_cluster,
     select_individual,
     select_random,
 )
-from megatron_gm.selection.scores import (
+from megatron_gm.selection.score_store import (
     num_shards,
     open_scores,
     read_shard,
     scores_manifest,
     shard_range,
 )
+from megatron_gm.selection.scoring import (
+    ScoringModel,
+    device_kind,
+    influence_model_hash,
+    progress_bar,
+    score_phase,
+    scoring_device,
+)
 from megatron_gm.shards import ShardSet
-
-DOCS_PER_CLUSTER = 3000  # the paper's density, used when --gm-num-clusters is not given
-
-
-@dataclasses.dataclass
-class SelectConfig:
-    output: str
-    stage: int
-    data_path: str | None = None
-    influence_model: str | None = None
-    scores_from: str | None = None
-    scores_dir: str | None = None
-    embed_cache: str | None = None  # folder of pool embeddings reused across rounds (frozen encoder only)
-    method: str = "group"
-    ratio: float = 0.5
-    num_clusters: int | None = None  # None: about DOCS_PER_CLUSTER documents a cluster
-    seed: int = 1234
-    temperature: float = 1.0  # individual only
-    kmeans_iters: int = 100
-    kmeans_points_per_centroid: int = 256
-    shard_size: int = 1000
-    batch_size: int = 32
-    threads: int = 1
-    device: str = "auto"  # scoring: "auto" = this rank's GPU if there is one, else CPU; or "cpu"
-    overwrite: bool = False
-    progress: bool = True
-
-    @property
-    def draw_seed(self) -> int:
-        """What k-means, Gumbel and random draw from: (seed, stage), so each round draws afresh."""
-        return draw_seed(self.seed, self.stage)
-
-    def validate(self) -> SelectConfig:
-        if self.method not in METHODS:
-            raise GMError(f"--gm-select-method {self.method!r} unknown; choose one of {', '.join(METHODS)}")
-        if not (math.isfinite(self.ratio) and 0 < self.ratio <= 1):
-            raise GMError(f"--gm-select-ratio must be in (0, 1], got {self.ratio}")
-        if self.num_clusters is not None and self.num_clusters < 1:
-            raise GMError(f"--gm-num-clusters must be >= 1, got {self.num_clusters}")
-        if (self.influence_model is None) == (self.scores_from is None):
-            raise GMError("pass exactly one of --gm-influence-model (score the pool) and --scores-from")
-        if self.influence_model is not None and not self.data_path:
-            raise GMError("--gm-influence-model needs --data-path (the dataset prefix to score)")
-        if self.scores_from is not None and (self.scores_dir is not None or self.embed_cache is not None):
-            flag = "--scores-dir" if self.scores_dir is not None else "--embed-cache"
-            raise GMError(f"{flag} is for scoring; with --scores-from nothing is scored")
-        if self.device not in ("auto", "cpu"):
-            raise GMError(f"--device must be auto or cpu, got {self.device!r}")
-        if self.stage < 0:
-            raise GMError(f"--gm-stage must be >= 0, got {self.stage}")
-        if not 0 <= self.seed < 2**31:
-            raise GMError(f"--seed must be in [0, 2**31), got {self.seed}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise GMError(f"--gm-select-temperature must be >= 0, got {self.temperature}")
-        for name in ("kmeans_iters", "kmeans_points_per_centroid", "shard_size", "batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise GMError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        return self
-
-    @property
-    def scores_folder(self) -> str:
-        return self.scores_from or self.scores_dir or f"{self.output.rstrip('/')}.scores"
-
-
-@dataclasses.dataclass
-class Plan:
-    """What rank 0 found in the inputs, broadcast to every rank."""
-
-    fingerprint: str
-    num_docs: int
-    num_clusters: int
-    alpha: float
-    tau: float
-    model_hash: str
-    iteration: int | None
-    scores: Manifest
-    embed: Manifest | None = None  # the pool-embedding cache's manifest (None: no cache)
-
-
-class Clock:
-    """Wall and CPU seconds per phase; CPU time is this process's, all threads (robust to a busy machine)."""
-
-    def __init__(self):
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self._w, self._c = time.perf_counter(), time.process_time()
-
-    def lap(self, name: str) -> None:
-        w, c = time.perf_counter(), time.process_time()
-        self.wall[name] = self.wall.get(name, 0.0) + w - self._w
-        self.cpu[name] = self.cpu.get(name, 0.0) + c - self._c
-        self._w, self._c = w, c
-
-
-@dataclasses.dataclass
-class Summary:
-    docs: int
-    docs_scored: int
-    clusters: int
-    selected: int
-    seconds: dict[str, float]  # wall, rank 0
-    cpu_seconds: dict[str, float]  # summed over ranks
-
-    def line(self) -> str:
-        score_s, score_cpu = self.seconds.get("score", 0.0), self.cpu_seconds.get("score", 0.0)
-        rate = "n/a"
-        if self.docs_scored and score_s > 0 and score_cpu > 0:
-            rate = f"{self.docs_scored / score_s:.1f}, {self.docs_scored / score_cpu:.2f} per CPU-second"
-        phases = " ".join(f"{k} {v:.2f}" for k, v in self.seconds.items())
-        cpu = " ".join(f"{k} {v:.2f}" for k, v in self.cpu_seconds.items())
-        return (
-            f"select_data: docs {self.docs}, scored {self.docs_scored} (docs/s {rate}), "
-            f"clusters {self.clusters}, selected {self.selected}; seconds: {phases}; "
-            f"CPU-seconds, all ranks: {cpu}"
-        )
-
 
 # -- phase 0: inputs --------------------------------------------------------------------------------------
 
@@ -175,7 +63,7 @@ def check_output(cfg: SelectConfig) -> None:
         raise GMError(f"{out}: exists and is not a selection artifact; refusing to replace it")
 
 
-def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
+def prepare(cfg: SelectConfig, held: ScoringModel) -> Plan:
     """Rank 0: check every input before any work; lock and open (or create) the output folders."""
     from megatron_gm.procs import lock_output
 
@@ -203,7 +91,6 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
     else:
         from megatron_gm.data.indexed import load_dataset_info
         from megatron_gm.influence import load_influence_model
-        from megatron_gm.selection.scoring import influence_model_hash
 
         info = load_dataset_info(cfg.data_path)
         fingerprint, num_docs = info.fingerprint, int(info.num_docs)
@@ -213,7 +100,7 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
         model, mman = load_influence_model(
             cfg.influence_model, dataset_fingerprint=fingerprint, device=scoring_device(cfg)
         )
-        model_box["model"] = model
+        held.model = model
         alpha, tau = model.alpha, model.tau
         iteration = mman.iteration
         source = cfg.data_path
@@ -244,7 +131,6 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
     embed = None
     if cfg.embed_cache and cfg.scores_from is None:
         from megatron_gm.influence.io import read_model_config
-        from megatron_gm.selection.embed_cache import embed_cache_manifest, embed_cache_shards
 
         embed = embed_cache_manifest(
             model_config=read_model_config(cfg.influence_model),
@@ -258,34 +144,6 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
         if embed is not None:
             embed_cache_shards(cfg.embed_cache, embed, num_shards(num_docs, cfg.shard_size)).open(embed)
     return Plan(fingerprint, num_docs, k, alpha, tau, model_hash, iteration, scores, embed)
-
-
-# -- helpers ----------------------------------------------------------------------------------------------
-
-
-def scoring_device(cfg: SelectConfig) -> str:
-    """CPU (with ``cfg.threads`` torch threads), or with --device auto this rank's local GPU if any."""
-    import torch
-
-    torch.set_num_threads(cfg.threads)
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or "0"
-    return f"cuda:{int(local) % torch.cuda.device_count()}"
-
-
-def device_kind(device) -> str:
-    """ "cpu", or the GPU's model name: what embeddings computed on ``device`` are comparable across."""
-    import torch
-
-    device = torch.device(device)
-    return "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
-
-
-def progress_bar(cfg: SelectConfig, comm: Comm, total: int, desc: str, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not (cfg.progress and comm.is_root), mininterval=2)
 
 
 def read_rows(shards: ShardSet, cfg: dict, docs: np.ndarray, need_h: bool = True):
@@ -323,10 +181,10 @@ def deal_clusters(costs: np.ndarray, world: int) -> np.ndarray:
 def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     cfg.validate()
     clock = Clock()
-    model_box: dict[str, Any] = {}
+    held = ScoringModel()
     if cfg.scores_from is None and not comm.is_root:
-        preload_model(cfg, model_box)  # while rank 0 checks the inputs
-    plan: Plan = comm.root_then_bcast(lambda: prepare(cfg, model_box))
+        held.preload(cfg)  # while rank 0 checks the inputs
+    plan: Plan = comm.root_then_bcast(lambda: prepare(cfg, held))
     scfg = plan.scores.config
     shards = ShardSet(cfg.scores_folder, num_shards(plan.num_docs, int(scfg["shard_size"])))
     clock.lap("inputs")
@@ -334,7 +192,7 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     # 1. scoring
     scored = 0
     if cfg.scores_from is None:
-        scored = score_phase(cfg, comm, plan, shards, model_box, clock)
+        scored = score_phase(cfg, comm, plan, shards, held, clock)
 
     # 2. centroids on rank 0, broadcast
 
@@ -391,60 +249,6 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     total_scored = int(comm.allreduce_sum(scored)) if comm.size > 1 else scored
     cpu = {k: sum(c[k] for c in comm.allgather(clock.cpu)) for k in clock.cpu} if comm.size > 1 else clock.cpu
     return Summary(plan.num_docs, total_scored, plan.num_clusters, selected, clock.wall, cpu)
-
-
-def preload_model(cfg: SelectConfig, model_box: dict) -> None:
-    """Ranks > 0 load the model before rank 0's checks end; errors are raised later, collectively."""
-    from megatron_gm.influence import load_influence_model
-
-    try:
-        model_box["model"], model_box["manifest"] = load_influence_model(
-            cfg.influence_model, device=scoring_device(cfg)
-        )
-    except GMError as e:
-        model_box["error"] = e
-
-
-def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict, clock: Clock) -> int:
-    """Score this rank's share of the unfinished shards; returns the number of documents scored."""
-    from megatron_gm.selection.embed_cache import embed_cache_shards
-    from megatron_gm.selection.scoring import score_shards
-
-    cache = None
-    if plan.embed is not None:
-        cache = embed_cache_shards(cfg.embed_cache, plan.embed, shards.num_shards)
-
-    def setup():
-        if not comm.is_root:
-            if "error" in model_box:
-                raise model_box["error"]
-            model_box["manifest"].check(path=cfg.influence_model, dataset_fingerprint=plan.fingerprint)
-            shards.open(plan.scores)
-
-    comm.agree(setup)
-    pending = comm.root_then_bcast(lambda: [i for i in range(shards.num_shards) if not shards.is_done(i)])
-    clock.lap("load")  # ranks > 0: model loading; timed apart so docs/s is scoring alone
-    todo = pending[comm.rank :: comm.size]
-    todo_docs = sum(hi - lo for lo, hi in (shard_range(i, plan.num_docs, cfg.shard_size) for i in todo))
-    bar = progress_bar(cfg, comm, todo_docs, f"scoring (rank 0 of {comm.size})", "doc")
-    try:
-        scored = comm.agree(
-            lambda: score_shards(
-                shards,
-                todo,
-                model=model_box["model"],
-                data_path=cfg.data_path,
-                num_docs=plan.num_docs,
-                shard_size=cfg.shard_size,
-                batch_size=cfg.batch_size,
-                on_shard=bar.update,
-                embed_cache=cache,
-            )
-        )
-    finally:
-        bar.close()
-    clock.lap("score")
-    return scored
 
 
 def select_my_clusters(cfg, comm, plan, shards, labels, sizes, quotas) -> np.ndarray:
