@@ -14,7 +14,8 @@ import torch
 
 from megatron_gm.errors import GMError, ManifestMismatch
 from megatron_gm.influence.data import default_val_count, load_stores, split_indices
-from megatron_gm.influence.train import TrainConfig, deepspeed_config
+from megatron_gm.influence.train import TrainConfig
+from megatron_gm.influence.trainer import deepspeed_config
 from tests.distributed import run_distributed_test
 from tests.influence_fixtures import oracle_store, tiny_encoder, token_pool
 
