@@ -23,8 +23,6 @@ from megatron_gm.fs import atomic_write_text
 from megatron_gm.megatron.checkpoint_args import check_architecture, inherit_flags, pre_parse
 from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REF = ROOT.parent / "shared" / "data" / "ref_wikitext103_valid.jsonl.gz"
 MIN_REFERENCE_TOKENS = 32  # below this the reference loss is too noisy to label anything
 SUMMARY = "summary.json"  # written last, once every shard is done: the store's completion marker
 
@@ -72,7 +70,7 @@ def add_oracle_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=str,
         default=None,
         metavar="JSONL",
-        help=f"reference set (default {DEFAULT_REF})",
+        help="reference set D_r, jsonl[.gz] of text or context/target records (required)",
     )
     g.add_argument(
         "--gm-oracle-ref-samples",
@@ -150,7 +148,7 @@ class OracleConfig:
             policy=args.gm_oracle_policy,
             trajectory_file=args.gm_oracle_trajectory_file,
             candidates=args.gm_oracle_candidates,
-            ref_data=args.gm_oracle_ref_data or str(DEFAULT_REF),
+            ref_data=args.gm_oracle_ref_data or "",
             ref_samples=args.gm_oracle_ref_samples,
             ref_micro_batch_size=args.gm_oracle_ref_micro_batch_size,
             ref_layout=args.gm_oracle_ref_layout,
@@ -183,6 +181,8 @@ class OracleConfig:
                 raise GMError(f"{flag} {value}: must be in [0, 2**31)")
         if self.time_train_steps < 0:
             raise GMError(f"--gm-oracle-time-train-steps {self.time_train_steps}: must be 0 or more")
+        if not self.ref_data:
+            raise GMError("--gm-oracle-ref-data JSONL is required (the reference set the labels measure)")
         if not os.path.isfile(self.ref_data):
             raise GMError(f"{self.ref_data}: reference set not found; pass --gm-oracle-ref-data JSONL")
         return self
@@ -294,12 +294,13 @@ def build_manifest(args, cfg, ckpt, info, source, reference):
 
 
 def megatron_group():
+    import torch
     from megatron.core import mpu
 
     from megatron_gm.oracle.collect import Group
 
     return Group(
-        rank=__import__("torch").distributed.get_rank(),
+        rank=torch.distributed.get_rank(),
         dp_rank=mpu.get_data_parallel_rank(),
         dp_size=mpu.get_data_parallel_world_size(),
         writer=mpu.get_tensor_model_parallel_rank() == 0 and mpu.is_pipeline_last_stage(ignore_virtual=True),

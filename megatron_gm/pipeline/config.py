@@ -91,7 +91,7 @@ class OracleConfig:
 
     trajectories: int = 64
     traj_len: int = 10
-    ref_path: str = ""  # default: the bundled WikiText-103 reference set
+    ref_path: str = ""  # the reference set jsonl (tools/run_pipeline.py --ref); required to run an oracle
     ref_max_examples: int = 32
     seed: int = 1234
     # the bootstrap round (METHOD step 3): beam-searched trajectories per tail (0: no bootstrap round),

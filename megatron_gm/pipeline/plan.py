@@ -31,8 +31,6 @@ TOOLS = {
     "select": ("tools/select_data.py", "mpi", "slurm/select_data.sbatch"),
 }
 
-DEFAULT_REF = "ref_wikitext103_valid.jsonl.gz"
-
 
 @dataclasses.dataclass
 class Phase:
@@ -242,7 +240,7 @@ def checkpoint_iteration(ckpt: str | Path) -> str:
 
 
 def build_plan(cfg: PipelineConfig, out: str | Path, ref_path: str = "") -> list[Phase]:
-    """Every phase in dependency order. ``ref_path``: the oracle's reference set (default bundled)."""
+    """Every phase in dependency order. ``ref_path``: the oracle's reference set (``--ref``)."""
     out = Path(out).resolve()
     L = cfg.launch
     ref = cfg.oracle.ref_path or ref_path
