@@ -145,7 +145,7 @@ def stage_plan(stage: int, stage_iters: str | None, train_iters: int) -> StagePl
 def data_prefix(args) -> str:
     """The one indexed-dataset prefix a selection refers to (``--data-path`` or ``--train-data-path``)."""
     paths = args.data_path or getattr(args, "train_data_path", None) or []
-    prefixes = [p for p in paths if not _is_number(p)]
+    prefixes = [p for p in paths if not is_number(p)]
     if len(prefixes) != 1:
         raise GMError(
             f"--gm-selection needs exactly one dataset prefix in --data-path, got {len(prefixes)}: "
@@ -154,7 +154,8 @@ def data_prefix(args) -> str:
     return prefixes[0]
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a ``--data-path`` entry is a blend weight rather than a prefix."""
     try:
         float(text)
     except ValueError:
@@ -189,7 +190,7 @@ def dataset_prefixes(args) -> list[str]:
     out: list[str] = []
     for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
         for p in getattr(args, name, None) or []:
-            if not _is_number(p) and p not in out:
+            if not is_number(p) and p not in out:
                 out.append(p)
     return out
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from megatron_gm.errors import GMError, cli_main
 from megatron_gm.fs import atomic_write_text
+from megatron_gm.megatron.args import is_number
 from megatron_gm.megatron.checkpoint_args import check_architecture, inherit_flags, pre_parse
 from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
 
@@ -205,18 +206,10 @@ def check_args(args) -> None:
 
 
 def pool_prefix(args) -> str:
-    paths = [p for p in (args.data_path or []) if not _is_number(p)]
+    paths = [p for p in (args.data_path or []) if not is_number(p)]
     if len(paths) != 1:
         raise GMError(f"--data-path: give exactly one dataset prefix (the candidate pool), got {len(paths)}")
     return paths[0]
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
 
 
 def check_tokenizer(args, info) -> None:
