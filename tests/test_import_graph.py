@@ -2,7 +2,8 @@
 
 Every ``megatron_gm`` import of every module (module level, inside functions, under TYPE_CHECKING) is an
 edge; an edge to a later layer is a back edge and fails, naming it. Within a phase package any import is
-allowed, between phases only to an earlier one. The one exception is the ``install()`` facade in
+allowed, between phases only to an earlier one, and no two modules import each other (directly or round
+a loop). The one exception is the ``install()`` facade in
 ``megatron_gm/__init__.py``, and importing the package root itself (``from megatron_gm import __version__``).
 """
 
@@ -43,8 +44,15 @@ def imported_modules(source: str, module: str) -> list[str]:
             if node.level:  # relative import: resolve against this module's package
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parts, base] if base else parts)
-            out += [f"{base}.{a.name}" for a in node.names] if base == "megatron_gm" else [base]
+            out += [f"{base}.{a.name}" for a in node.names]  # a name or a submodule: see module_of
     return [m for m in out if m == "megatron_gm" or m.startswith("megatron_gm.")]
+
+
+def module_of(name: str, modules: set[str]) -> str:
+    """The longest prefix of ``megatron_gm.a.b.name`` that is a module (a package counts)."""
+    while name not in modules and name.count(".") > 1:
+        name = name.rsplit(".", 1)[0]
+    return name
 
 
 def layer(module: str) -> tuple[int, str] | None:
@@ -59,18 +67,42 @@ def layer(module: str) -> tuple[int, str] | None:
 
 
 def back_edges(sources: dict[str, str]) -> list[str]:
-    """``importer -> imported`` for every import that points to a later layer (or across one layer's
-    ground modules is fine; across two phase packages of one rank cannot happen: ranks are distinct)."""
+    """``importer -> imported`` for every import that points to a later layer."""
     bad = []
+    modules = {m.removesuffix(".__init__") for m in sources}
     for module, source in sorted(sources.items()):
         here = layer(module)
         if here is None:  # the install() facade, megatron_gm/__init__.py
             continue
-        for target in imported_modules(source, module):
+        for target in sorted({module_of(t, modules) for t in imported_modules(source, module)}):
             there = layer(target)
             if there is not None and there[0] > here[0]:
                 bad.append(f"{module} -> {target}")
     return bad
+
+
+def cycles(sources: dict[str, str]) -> list[str]:
+    """Import cycles between modules (``a -> b -> a``), lazy imports included; the package root aside."""
+    modules = {m.removesuffix(".__init__") for m in sources}
+    graph = {
+        m.removesuffix(".__init__"): {module_of(t, modules) for t in imported_modules(s, m)} - {"megatron_gm"}
+        for m, s in sources.items()
+    }
+    found, done = [], set()
+
+    def visit(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                found.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
+            elif nxt not in done and nxt != node:
+                done.add(nxt)
+                visit(nxt, [*path, nxt])
+
+    for m in sorted(graph):
+        if m not in done:
+            done.add(m)
+            visit(m, [m])
+    return found
 
 
 def tree_sources() -> dict[str, str]:
@@ -83,6 +115,21 @@ def tree_sources() -> dict[str, str]:
 
 def test_the_tree_has_no_back_edge():
     assert back_edges(tree_sources()) == []
+
+
+def test_the_tree_has_no_import_cycle():
+    assert cycles(tree_sources()) == []
+
+
+def test_a_cycle_is_caught_and_named():
+    sources = {
+        "megatron_gm.influence.embed": "def f():\n    from megatron_gm.influence.model import M\n",
+        "megatron_gm.influence.model": "from megatron_gm.influence import embed\n",
+        "megatron_gm.influence.__init__": "",
+    }
+    assert cycles(sources) == [
+        "megatron_gm.influence.embed -> megatron_gm.influence.model -> megatron_gm.influence.embed"
+    ]
 
 
 def test_every_top_level_name_has_a_layer():
@@ -113,6 +160,6 @@ def test_an_unknown_top_level_name_is_an_error():
 
 
 if __name__ == "__main__":  # the same check as a script: one back edge a line
-    edges = back_edges(tree_sources())
-    print("\n".join(edges) or "no back edge")
+    edges = back_edges(tree_sources()) + cycles(tree_sources())
+    print("\n".join(edges) or "no back edge, no cycle")
     sys.exit(1 if edges else 0)

@@ -17,7 +17,6 @@ import numpy as np
 from megatron_gm.data.selection import save_selection
 from megatron_gm.errors import GMError, ManifestMismatch
 from megatron_gm.fs import write_folder
-from megatron_gm.influence.embed_cache import embed_cache_manifest, embed_cache_shards
 from megatron_gm.manifest import Manifest
 from megatron_gm.selection.cluster import assign, kmeans_sample, train_centroids
 from megatron_gm.selection.comm import Comm
@@ -130,6 +129,7 @@ def prepare(cfg: SelectConfig, held: ScoringModel) -> Plan:
         ShardSet(cfg.scores_folder, num_shards(num_docs, cfg.shard_size)).open(scores)
     embed = None
     if cfg.embed_cache and cfg.scores_from is None:
+        from megatron_gm.influence.embed_cache import embed_cache_manifest, embed_cache_shards
         from megatron_gm.influence.io import read_model_config
 
         embed = embed_cache_manifest(

@@ -17,7 +17,6 @@ import numpy as np
 
 from megatron_gm.errors import GMError
 from megatron_gm.fs import sha256_files
-from megatron_gm.influence.embed_cache import embed_cache_shards
 from megatron_gm.manifest import Manifest
 from megatron_gm.selection.comm import Comm
 from megatron_gm.selection.config import Clock, Plan, SelectConfig
@@ -123,6 +122,8 @@ class ScoringModel:
 
 def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, held: ScoringModel, clock: Clock) -> int:
     """Score this rank's share of the unfinished shards; returns the number of documents scored."""
+    from megatron_gm.influence.embed_cache import embed_cache_shards
+
     cache = None
     if plan.embed is not None:
         cache = embed_cache_shards(cfg.embed_cache, plan.embed, shards.num_shards)
