@@ -75,8 +75,8 @@ def bench_index(workdir: Path, samples: int, seq_length: int, mean_doc: int, see
 
 def make_pool(workdir: Path, vocab: int, num_docs: int, seed: int):
     from megatron_gm.data.indexed import write_indexed_dataset
+    from megatron_gm.data.selection import save_selection
     from megatron_gm.manifest import Manifest
-    from megatron_gm.selection.artifact import save_selection
 
     rng = np.random.default_rng(seed)
     docs = [np.append(rng.integers(0, vocab - 1, rng.integers(50, 800)), vocab - 1) for _ in range(num_docs)]

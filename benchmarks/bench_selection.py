@@ -145,7 +145,7 @@ def bench_scoring(work: Path, pool: Path, n_docs: int, threads: int, batch: int,
 def synthetic_scores(folder: Path, n: int, d: int, seed: int = 0):
     import numpy as np
 
-    from megatron_gm.selection.scores import write_scores
+    from megatron_gm.selection.score_store import write_scores
 
     rng = np.random.default_rng(seed)
     topics = rng.standard_normal((2000, d)).astype(np.float32)

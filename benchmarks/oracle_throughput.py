@@ -148,12 +148,21 @@ def measure(argv: list[str], reps: int) -> dict:
     import torch
 
     from megatron_gm.megatron import runtime
+    from megatron_gm.megatron.samples import SampleFormat
     from megatron_gm.oracle import cli
     from megatron_gm.oracle.collect import collect_shard
     from megatron_gm.oracle.megatron_engine import MegatronEngine
-    from megatron_gm.oracle.samples import SampleFormat
 
-    args, cfg, ckpt, _, _, dataset, source, ref, tok = cli.prepare(argv)
+    p = cli.prepare(argv)
+    args, cfg, ckpt, dataset, source, ref, tok = (
+        p.args,
+        p.cfg,
+        p.ckpt,
+        p.dataset,
+        p.source,
+        p.reference,
+        p.tokenizer,
+    )
     args.use_checkpoint_opt_param_scheduler = True
     runtime.initialize()
     s = runtime.build(args)

@@ -3,12 +3,12 @@
 A pack is one ``.npz`` with, per named set, ``{name}.tokens`` (int64 [n, seq_length + 1]) and
 ``{name}.mask`` (float32 [n, seq_length], the label positions that count), plus ``{name}.kind``
 ("windows": token-mean loss; "prompts": target-only loss and exact-match accuracy) and a ``meta`` JSON
-string. Samples are the shape the oracle and ``tools/evaluate.py`` use (``oracle/samples.py``), so a pack
+string. Samples are the shape the oracle and ``tools/evaluate.py`` use (``megatron/samples.py``), so a pack
 built once is scored identically by every run, seed and method that loads it.
 
-Builders here cover the three sets a selection benchmark needs: text windows packed from a jsonl
-(``windows_from_jsonl``), context/target prompts (``prompts_from_jsonl``) and windows of a Megatron
-indexed dataset's validation documents (``windows_from_dataset``).
+A selection benchmark builds three sets: text windows packed from a jsonl and context/target prompts
+(``data/reference.py``: ``windows_from_jsonl``, ``prompts_from_jsonl``), and windows of a Megatron indexed
+dataset's validation documents (``windows_from_dataset``, here).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_bytes
+from megatron_gm.fs import atomic_write_bytes
 
 KINDS = ("windows", "prompts")
 
@@ -71,22 +71,6 @@ def subset(tokens: np.ndarray, mask: np.ndarray, n: int, seed: int) -> tuple[np.
         return tokens, mask
     idx = np.sort(np.random.default_rng(seed).choice(len(tokens), size=n, replace=False))
     return tokens[idx], mask[idx]
-
-
-def windows_from_jsonl(path: str, tokenize, eod: int, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every packed window of a text jsonl (all of them: the reference set's packing, no subset)."""
-    from megatron_gm.oracle.reference import build_reference
-
-    ref = build_reference(path, tokenize, eod, seq_length, 1 << 62, 0)
-    return ref.tokens, ref.mask
-
-
-def prompts_from_jsonl(path: str, tokenize, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """One target-masked sample per context/target record."""
-    from megatron_gm.evaluate import prompt_samples
-
-    tokens, mask, _ = prompt_samples(path, tokenize, seq_length)
-    return tokens, mask
 
 
 def windows_from_dataset(prefix: str, doc_range: tuple[int, int], seq_length: int):

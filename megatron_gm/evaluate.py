@@ -4,7 +4,7 @@
         --gm-eval-prompts lambada_eval.jsonl.gz --gm-eval-output eval.json
 
 - reference loss: the reference jsonl packed into fixed ``seq_length`` samples exactly as the oracle's
-  reference set (megatron_gm/oracle/reference.py, a seeded subset of ``--gm-eval-ref-samples``); the
+  reference set (megatron_gm/data/reference.py, a seeded subset of ``--gm-eval-ref-samples``); the
   token mean of the loss over every counted token.
 - prompt eval: one sample per ``context``/``target`` record, only the target tokens count. ``loss`` is
   the token mean over all target tokens, ``example_loss`` the mean of the per-record means, ``accuracy``
@@ -27,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
+from megatron_gm.dist import single_process_env
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.fs import atomic_write_text
+from megatron_gm.megatron.checkpoint_args import check_architecture, given_flags, inherit_flags, pre_parse
+from megatron_gm.megatron.scoring import prompt_metrics, reference_metrics, score_samples
 
 # Flags the evaluation takes from the checkpoint's saved args when the command line leaves them out.
 INHERITED = (
@@ -91,92 +92,9 @@ class EvalConfig:
         return self
 
 
-@dataclasses.dataclass
-class Scores:
-    """Per sample: summed loss over counted labels, their count, and whether argmax got all of them."""
-
-    loss_sum: np.ndarray  # float64 [n]
-    count: np.ndarray  # int64 [n]
-    all_correct: np.ndarray  # bool [n]
-
-
-def prompt_samples(path: str, tokenize, seq_length: int, max_records: int = 0):
-    """Context/target records as samples (tokens [n, s+1], mask [n, s]) via the oracle's prompt masking."""
-    from megatron_gm.data.jsonl import iter_lines, parse_record
-    from megatron_gm.oracle.reference import prompt_sample
-
-    tokens, masks, skipped = [], [], 0
-    for line in iter_lines(path):
-        status, rec = parse_record(line, [])
-        ok = status == "ok" and isinstance(rec.get("context"), str) and isinstance(rec.get("target"), str)
-        s = prompt_sample(tokenize, rec, seq_length) if ok and rec["target"].strip() else None
-        if s is None or s[1].sum() == 0:
-            skipped += 1
-            continue
-        tokens.append(s[0])
-        masks.append(s[1])
-        if max_records and len(tokens) >= max_records:
-            break
-    if not tokens:
-        raise GMError(f"{path}: no usable context/target records ({skipped} skipped)")
-    return np.stack(tokens), np.stack(masks), skipped
-
-
-def score_samples(
-    model, tokens: np.ndarray, mask: np.ndarray, fmt, vocab_size: int, batch: int = 16
-) -> Scores:
-    """Forward ``model`` (a Megatron GPTModel, eval mode) over samples; losses from its logits."""
-    import torch
-
-    from megatron_gm.oracle.samples import to_batch
-
-    n = len(tokens)
-    loss_sum, count = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64)
-    all_correct = np.zeros(n, dtype=bool)
-    model.eval()
-    device = next(model.parameters()).device  # the batch goes where the model is (CPU or its GPU)
-    with torch.no_grad():
-        for i in range(0, n, batch):
-            b = to_batch(tokens[i : i + batch], mask[i : i + batch], fmt)
-            b = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-            logits = model(b["tokens"], b["position_ids"], b["attention_mask"]).float()
-            logp = torch.log_softmax(logits, dim=-1)
-            tok_loss = -logp.gather(-1, b["labels"][..., None])[..., 0].double()
-            m = b["loss_mask"].double()
-            correct = logits[..., :vocab_size].argmax(-1) == b["labels"]
-            loss_sum[i : i + batch] = (tok_loss * m).sum(1).cpu().numpy()
-            count[i : i + batch] = m.sum(1).cpu().numpy().astype(np.int64)
-            all_correct[i : i + batch] = (correct | (m == 0)).all(1).cpu().numpy()
-    return Scores(loss_sum, count, all_correct)
-
-
-def reference_metrics(s: Scores) -> dict:
-    return {
-        "loss": float(s.loss_sum.sum() / s.count.sum()),
-        "samples": len(s.count),
-        "tokens": int(s.count.sum()),
-    }
-
-
-def prompt_metrics(s: Scores) -> dict:
-    return {
-        "loss": float(s.loss_sum.sum() / s.count.sum()),
-        "example_loss": float(np.mean(s.loss_sum / s.count)),
-        "accuracy": float(s.all_correct.mean()),
-        "examples": len(s.count),
-        "target_tokens": int(s.count.sum()),
-    }
-
-
-def _given(argv: list[str]) -> set[str]:
-    return {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-
-
 def inherit(argv: list[str], ckpt) -> list[str]:
     """Model/tokenizer flags from the checkpoint plus the training flags Megatron's parser needs."""
-    from megatron_gm.oracle.cli import inherit_flags
-
-    given, extra = _given(argv), []
+    given, extra = given_flags(argv), []
     for flag in INHERITED:
         v = ckpt.saved(flag[2:].replace("-", "_"))
         if flag not in given and v is not None:
@@ -202,20 +120,6 @@ def iterations_to_run(load: str, spec: str, latest: int) -> list[int]:
         ) from None
 
 
-def single_process_env() -> None:
-    """Started without torchrun: the env:// rendezvous of a one-process group on a free local port."""
-    if "RANK" in os.environ:
-        return
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-
-
 @dataclasses.dataclass
 class Prepared:
     args: object
@@ -232,13 +136,12 @@ def prepare(argv: list[str]) -> Prepared:
     """Parse and check everything, then start Megatron and load the checkpoint (one process)."""
     import torch
 
+    from megatron_gm.data.reference import build_reference, prompt_samples
     from megatron_gm.megatron import runtime
-    from megatron_gm.oracle.checkpoint import inspect_checkpoint
-    from megatron_gm.oracle.cli import _pre_parse, check_architecture
-    from megatron_gm.oracle.reference import build_reference
-    from megatron_gm.oracle.samples import SampleFormat
+    from megatron_gm.megatron.checkpoint import inspect_checkpoint
+    from megatron_gm.megatron.samples import SampleFormat
 
-    pre = _pre_parse(argv)
+    pre = pre_parse(argv)
     ckpt = inspect_checkpoint(pre.load, pre.ckpt_step)
     args = runtime.parse_args([*argv, *inherit(argv, ckpt)], extra_args_provider=add_eval_args)
     cfg = EvalConfig.from_args(args).validate()

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import Manifest, atomic_write_bytes, remove_stale_temporaries
+from megatron_gm.fs import atomic_write_bytes, remove_stale_temporaries
+from megatron_gm.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -179,7 +179,7 @@ step pretrain_stage0 pretrain_stage0 "${torchrun[@]}" "$root/pretrain_gpt_gm.py"
 import numpy as np
 
 from megatron_gm.data.indexed import load_dataset_info
-from megatron_gm.selection.scores import write_scores
+from megatron_gm.selection.score_store import write_scores
 
 info = load_dataset_info("pool_text_document")
 rng = np.random.default_rng(0)

@@ -8,17 +8,12 @@ that rank's traceback.
 from __future__ import annotations
 
 import os
-import socket
 import traceback
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from megatron_gm.dist import free_port
 
 
 def _worker(rank, world_size, port, fn, args, queue, backend):

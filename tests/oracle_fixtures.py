@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_gm.oracle.reference import ReferenceSet
-from megatron_gm.oracle.samples import document_sample
+from megatron_gm.data.reference import ReferenceSet
+from megatron_gm.megatron.samples import document_sample
 from megatron_gm.oracle.snapshot import StateSnapshot
 
 VOCAB = 64

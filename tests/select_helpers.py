@@ -13,7 +13,7 @@ import pytest
 
 from megatron_gm.selection.cluster import assign, kmeans_sample, train_centroids
 from megatron_gm.selection.methods import draw_seed, select_documents
-from megatron_gm.selection.scores import write_scores
+from megatron_gm.selection.score_store import write_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "select_data.py"

@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from megatron_gm.dist import free_ports
+
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
 
 
@@ -34,21 +36,6 @@ def slurm_available() -> str | None:
     if os.geteuid() != 0:
         return "the test Slurm runs its daemons as root"
     return None
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (the sockets are closed before the daemons bind them)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def _die_with_parent() -> None:
@@ -78,7 +65,7 @@ class SlurmCluster:
         r = self.root
         for d in ("state", "log", "run", *(f"spool/{n}" for n in self.node_names)):
             (r / d).mkdir(parents=True, exist_ok=True)
-        ctl_port, *node_ports = _free_ports(1 + len(self.node_names))
+        ctl_port, *node_ports = free_ports(1 + len(self.node_names))
         host = socket.gethostname()
         mem = 4096
         nodes = "\n".join(

@@ -69,7 +69,7 @@ def clean_share(heldout_dir: Path, data_path: str, selections: dict[str, Path]) 
 
 
 def sentence_samples(sentences: list[str], tokenize, eod: int, seq_length: int):
-    from megatron_gm.oracle.samples import pad_sample
+    from megatron_gm.megatron.samples import pad_sample
 
     rows = [pad_sample(np.asarray([eod, *tokenize(s)]), None, seq_length) for s in sentences]
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         if not f.is_file():
             raise GMError(f"{f}: not found; pass --heldout-dir <folder with the held-out files>")
     from megatron_gm import evaluate as E
+    from megatron_gm.megatron.scoring import score_samples
 
     prep = E.prepare(["--load", a.load, "--gm-eval-ref", str(wiki), "--gm-eval-ref-samples", "1000000",
                       "--gm-eval-output", a.output + ".wiki.json"])  # fmt: skip
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for j, name in enumerate(("good", "bad")):
         t, m = sentence_samples([pr[j] for pr in pairs], tok.tokenize, tok.eod, prep.args.seq_length)
-        scores[name] = E.score_samples(model, t, m, prep.fmt, tok.vocab_size, 64).loss_sum
+        scores[name] = score_samples(model, t, m, prep.fmt, tok.vocab_size, 64).loss_sum
     acc = float(np.mean(scores["good"] < scores["bad"]))
     out = {"load": a.load, "wikitext103_test": wiki_out, "blimp": {"accuracy": acc, "pairs": len(pairs)}}
     Path(a.output).write_text(json.dumps(out, indent=2) + "\n")

@@ -71,14 +71,9 @@ def valid_documents(num_docs: int, split: str) -> tuple[int, int]:
 
 def build_pack(d: Data, out: Path, seq_length: int, sizes: dict[str, int], split: str) -> dict:
     """The three development sets, each a fixed seeded subset (the same for every seed and method)."""
+    from megatron_gm.data.reference import prompts_from_jsonl, windows_from_jsonl
     from megatron_gm.data.tokenizer import build_tokenizer
-    from megatron_gm.evalpack import (
-        prompts_from_jsonl,
-        save_pack,
-        subset,
-        windows_from_dataset,
-        windows_from_jsonl,
-    )
+    from megatron_gm.evalpack import save_pack, subset, windows_from_dataset
 
     tok = build_tokenizer("GPTSentencePieceTokenizer", d.tokenizer)
     lo, hi = valid_documents(d.pool_docs, split)

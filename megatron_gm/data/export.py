@@ -25,7 +25,7 @@ import numpy as np
 
 from megatron_gm.data.indexed import _dtype_for, finish_indexed_dataset, load_dataset_info, sidecar_path
 from megatron_gm.errors import GMError, cli_main
-from megatron_gm.manifest import atomic_write_text, sha256_file
+from megatron_gm.fs import atomic_write_text, sha256_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def export_selection(data_path: str, selection: str, output_prefix: str, overwri
     """Copy the selected documents of ``data_path`` to ``output_prefix``; returns the export record."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-    from megatron_gm.selection.artifact import load_selection
+    from megatron_gm.data.selection import load_selection
 
     info = load_dataset_info(data_path)
     docs, manifest = load_selection(selection, dataset_fingerprint=info.fingerprint, num_docs=info.num_docs)

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_text, pid_alive
-from megatron_gm.manifest import remove_stale_temporaries as remove_stale_atomic
+from megatron_gm.fs import atomic_write_text, pid_alive, sha256_files
+from megatron_gm.fs import remove_stale_temporaries as remove_stale_atomic
 
 
 def sidecar_path(prefix: str | os.PathLike) -> Path:
@@ -24,12 +24,7 @@ def sidecar_path(prefix: str | os.PathLike) -> Path:
 
 def compute_fingerprint(prefix: str | os.PathLike) -> str:
     """sha256 over the .idx and .bin bytes (16 hex digits): the dataset's identity."""
-    h = hashlib.sha256()
-    for ext in (".idx", ".bin"):
-        with open(f"{prefix}{ext}", "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_files((b"", f"{prefix}{ext}") for ext in (".idx", ".bin"))[:16]
 
 
 _IDX_MAGIC = b"MMIDIDX\x00\x00"
@@ -191,7 +186,7 @@ def check_dataset_files(info: DatasetInfo, full: bool = False) -> IdxLayout:
 
 def check_tokenizer(info: DatasetInfo, tokenizer_model: str | None, vocab_size: int | None = None) -> None:
     """The run's tokenizer must be the one the dataset was made with, and hold every token id in it."""
-    from megatron_gm.manifest import sha256_file
+    from megatron_gm.fs import sha256_file
 
     spec = info.tokenizer or {}
     want = spec.get("model_sha256")

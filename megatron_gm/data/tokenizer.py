@@ -58,7 +58,7 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, voc
 
 def tokenizer_spec(tokenizer_type: str, tokenizer_model: str | None, vocab_size: int | None) -> dict:
     """What identifies a tokenizer in manifests: type, model file hash, vocab size."""
-    from megatron_gm.manifest import sha256_file
+    from megatron_gm.fs import sha256_file
 
     model_hash = (
         sha256_file(tokenizer_model)[:16] if tokenizer_model and os.path.exists(tokenizer_model) else None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from megatron_gm.data.jsonl import FORMATS, expand_inputs, iter_texts_counted
 from megatron_gm.errors import GMError, cli_main
-from megatron_gm.manifest import atomic_write_bytes
+from megatron_gm.fs import atomic_write_bytes
 
 
 def build_parser() -> argparse.ArgumentParser:

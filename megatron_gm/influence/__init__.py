@@ -8,7 +8,8 @@ Scoring API used by selection::
     model.alpha, model.tau                             # learned scalars (floats)
 """
 
-from megatron_gm.influence.embed import document_texts, score_texts
+from megatron_gm.data.documents import document_texts
+from megatron_gm.influence.embed import score_texts
 from megatron_gm.influence.io import load_influence_model, save_influence_model
 from megatron_gm.influence.model import (
     InfluenceModel,

@@ -18,8 +18,6 @@ The result is a trajectory file that ``tools/collect_oracle.py`` probes: a folde
 from __future__ import annotations
 
 import dataclasses
-import io
-import os
 import shutil
 from pathlib import Path
 
@@ -28,9 +26,8 @@ import torch
 
 from megatron_gm.config import check_settings, setting
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import Manifest, atomic_write_bytes
-
-TRAJ_KIND = "trajectories"
+from megatron_gm.manifest import Manifest
+from megatron_gm.oracle.trajectories import TRAJ_KIND, load_trajectories, save_trajectories
 
 
 def beam_search(
@@ -110,66 +107,6 @@ def group_influence(h: np.ndarray, s: np.ndarray, alpha: float, tau: float, traj
     return group_prediction(H, S, a, tt, relation).sum(dim=1).numpy()
 
 
-# -- trajectory files --------------------------------------------------------------------------------------
-
-
-def _save_npy(path: Path, a: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def save_trajectories(
-    folder: str | os.PathLike,
-    documents: np.ndarray,
-    manifest: Manifest,
-    *,
-    predicted: np.ndarray | None = None,
-    tail: np.ndarray | None = None,
-    probe_documents: np.ndarray | None = None,
-) -> Path:
-    folder = Path(folder)
-    docs = np.asarray(documents, dtype=np.int64)
-    if docs.ndim != 2 or docs.size == 0:
-        raise GMError(f"{folder}: trajectories must be a non-empty [n, T] array of document indices")
-    if manifest.kind != TRAJ_KIND:
-        raise GMError(f"{folder}: trajectory manifest must have kind {TRAJ_KIND!r}")
-    folder.mkdir(parents=True, exist_ok=True)
-    _save_npy(folder / "documents.npy", docs)
-    if predicted is not None:
-        _save_npy(folder / "predicted.npy", np.asarray(predicted, dtype=np.float32))
-    if tail is not None:
-        _save_npy(folder / "tail.npy", np.asarray(tail, dtype=np.int8))
-    if probe_documents is not None:
-        _save_npy(folder / "probe_documents.npy", np.asarray(probe_documents, dtype=np.int64))
-    manifest.config["T"] = int(docs.shape[1])
-    manifest.config["num_trajectories"] = int(docs.shape[0])
-    manifest.save(folder / "manifest.json")
-    return folder
-
-
-def load_trajectories(
-    folder: str | os.PathLike, *, dataset_fingerprint: str | None = None, num_docs: int | None = None
-) -> tuple[np.ndarray, Manifest]:
-    """documents [n, T] int64 and the manifest; refuses a file made for another dataset."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise GMError(f"{folder}: trajectory file not found; write one with tools/bootstrap_trajectories.py")
-    manifest = Manifest.load(folder / "manifest.json")
-    if manifest.kind != TRAJ_KIND:
-        raise GMError(f"{folder}: is a {manifest.kind!r} artifact, not a trajectory file")
-    manifest.check(path=folder, dataset_fingerprint=dataset_fingerprint)
-    try:
-        docs = np.load(folder / "documents.npy", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise GMError(f"{folder}/documents.npy: unreadable ({e}); regenerate the trajectories") from e
-    if docs.ndim != 2 or docs.dtype != np.int64 or docs.size == 0:
-        raise GMError(f"{folder}/documents.npy: not a non-empty int64 [n, T] array; regenerate it")
-    if num_docs is not None and (docs.min() < 0 or docs.max() >= num_docs):
-        raise GMError(f"{folder}: document index out of range for a dataset of {num_docs} documents")
-    return docs, manifest
-
-
 # -- the bootstrap job -------------------------------------------------------------------------------------
 
 
@@ -215,7 +152,8 @@ def probing_pool(cfg: BootstrapConfig, num_docs: int) -> np.ndarray:
 def run_bootstrap(cfg: BootstrapConfig) -> dict:
     """Embed the probing pool with the trained model, beam-search both tails, write the trajectory file."""
     from megatron_gm.data.indexed import load_dataset_info
-    from megatron_gm.influence.embed import cached_embeddings, individual_scores
+    from megatron_gm.influence.embed import individual_scores
+    from megatron_gm.influence.embed_cache import cached_embeddings
     from megatron_gm.influence.io import load_influence_model, read_model_config
 
     cfg.validate()

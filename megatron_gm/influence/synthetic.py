@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    from megatron_gm.data.documents import document_texts
     from megatron_gm.data.indexed import load_dataset_info
-    from megatron_gm.influence.embed import document_texts
     from megatron_gm.oracle.store import write_oracle_store
 
     info = load_dataset_info(args.data_path)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 from collections.abc import Callable
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import sha256_files
 from megatron_gm.megatron import eval_hook
 
 GROUP_TITLE = "megatron-gm (Group-MATES data selection)"
@@ -80,12 +80,16 @@ def add_gm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def extra_args_provider(other: Callable | None = None) -> Callable:
-    """An ``extra_args_provider`` adding our group after ``other`` (another provider, or None)."""
+def extra_args_provider(other: Callable | None = None, for_training: bool = True) -> Callable:
+    """An ``extra_args_provider`` adding our group after ``other`` (another provider, or None).
+
+    ``for_training=False`` (in-process tools that only load a stage) marks the parsed args
+    ``gm_for_training=False``: validation then asks for no ``--save`` and locks none."""
 
     def provider(parser):
         if other is not None:
             parser = other(parser)
+        parser.set_defaults(gm_for_training=for_training)
         return add_gm_args(parser)
 
     return provider
@@ -141,7 +145,7 @@ def stage_plan(stage: int, stage_iters: str | None, train_iters: int) -> StagePl
 def data_prefix(args) -> str:
     """The one indexed-dataset prefix a selection refers to (``--data-path`` or ``--train-data-path``)."""
     paths = args.data_path or getattr(args, "train_data_path", None) or []
-    prefixes = [p for p in paths if not _is_number(p)]
+    prefixes = [p for p in paths if not is_number(p)]
     if len(prefixes) != 1:
         raise GMError(
             f"--gm-selection needs exactly one dataset prefix in --data-path, got {len(prefixes)}: "
@@ -150,7 +154,8 @@ def data_prefix(args) -> str:
     return prefixes[0]
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a ``--data-path`` entry is a blend weight rather than a prefix."""
     try:
         float(text)
     except ValueError:
@@ -160,17 +165,13 @@ def _is_number(text: str) -> bool:
 
 def selection_digest(folder: str) -> str:
     """Hash of a selection's documents and manifest: names the stage dataset and guards resumes."""
-    h = hashlib.sha256()
-    for name in ("documents.npy", "manifest.json"):
-        with open(os.path.join(folder, name), "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
+    return sha256_files((b"", os.path.join(folder, name)) for name in ("documents.npy", "manifest.json"))[:16]
 
 
 def load_stage_selection(args):
     """Load ``--gm-selection`` and check it against ``--data-path``; returns (documents, manifest)."""
     from megatron_gm.data.indexed import load_dataset_info
-    from megatron_gm.selection.artifact import load_selection
+    from megatron_gm.data.selection import load_selection
 
     prefix = data_prefix(args)
     info = load_dataset_info(prefix)
@@ -189,7 +190,7 @@ def dataset_prefixes(args) -> list[str]:
     out: list[str] = []
     for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
         for p in getattr(args, name, None) or []:
-            if not _is_number(p) and p not in out:
+            if not is_number(p) and p not in out:
                 out.append(p)
     return out
 

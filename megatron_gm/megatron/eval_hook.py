@@ -75,7 +75,7 @@ def _load(args):
         from megatron.training import get_tokenizer
 
         from megatron_gm.evalpack import load_pack
-        from megatron_gm.oracle.samples import SampleFormat
+        from megatron_gm.megatron.samples import SampleFormat
 
         tok = get_tokenizer()
         _state["sets"], _state["meta"] = load_pack(args.gm_eval_pack, args.seq_length)
@@ -93,7 +93,7 @@ def evaluate(model: list, iteration: int) -> dict | None:
         return None  # every training iteration passes here: nothing else before this check
     import torch
 
-    from megatron_gm.evaluate import prompt_metrics, reference_metrics, score_samples
+    from megatron_gm.megatron.scoring import prompt_metrics, reference_metrics, score_samples
 
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return None  # the replicas are identical; one process evaluates

@@ -32,7 +32,6 @@ from megatron_gm.megatron.args import add_gm_args, check_data_inputs, load_stage
 from megatron_gm.megatron.signals import chain_worker_init
 
 _installed: dict = {}
-_mode = {"for_training": True}  # runtime.py sets False: loading a stage in-process needs no --save
 
 
 def install(cpu_shim: bool | None = None) -> None:
@@ -90,6 +89,11 @@ def compile_dependencies() -> None:
     torch.distributed.barrier()
 
 
+def for_training(args) -> bool:
+    """False for args parsed by ``runtime.parse_args`` (a stage loaded in-process needs no --save)."""
+    return getattr(args, "gm_for_training", True)
+
+
 def check_inputs(args) -> None:
     """Before Megatron starts: the data files, and (training) the lock of the --save folder."""
     from megatron_gm.procs import lock_output
@@ -97,7 +101,7 @@ def check_inputs(args) -> None:
     check_data_inputs(args)
     if getattr(args, "gm_selection", None):
         load_stage_selection(args)  # whole and made for --data-path (validate_gm_args uses it after)
-    if _mode["for_training"] and getattr(args, "save", None):
+    if for_training(args) and getattr(args, "save", None):
         lock_output(args.save, "checkpoints (--save)")
 
 
@@ -109,16 +113,17 @@ def run_gm_validation(args, check=None) -> None:
     """
     try:
         if check is None:
-            validate_gm_args(args, for_training=_mode["for_training"])
+            validate_gm_args(args, for_training=for_training(args))
         else:
             check(args)
     except GMError as e:
         fail(e)
 
 
-def fail(error: GMError) -> None:
-    """Print ``error: ...`` on the node's first rank (a lone process counts as one) and exit 2."""
-    if int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
+def fail(error: GMError, every_rank: bool = False) -> None:
+    """Print ``error: ...`` on the node's first rank (a lone process counts as one; ``every_rank``: on
+    every rank) and exit 2."""
+    if every_rank or int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)
     sys.exit(2)
 
@@ -172,8 +177,7 @@ def _build_loader(dataset, consumed_samples, args):
     try:
         check_loaded_vocab(args)
     except GMError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        fail(e, every_rank=True)
     selected = bool(getattr(args, "gm_selection", None))
     record = getattr(args, "gm_record_samples", None)
     staged = getattr(args, "gm_stage_end_iter", None) is not None
@@ -188,8 +192,7 @@ def _build_loader(dataset, consumed_samples, args):
             loader = original(dataset, consumed_samples)
             stage_ds, sampler = dataset, getattr(loader, "batch_sampler", None)
     except GMError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        fail(e, every_rank=True)
     if record and sampler is not None and _should_record():
         return RecordingLoader(loader, sampler, stage_ds, args, consumed_samples, selected)
     return loader
@@ -200,7 +203,7 @@ LEDGER = "gm_stages.json"
 
 def check_loaded_vocab(args) -> None:
     """Refuse a loaded checkpoint whose padded vocabulary differs from this run's (Megatron does not)."""
-    from megatron_gm.oracle.checkpoint import TRACKER, inspect_checkpoint, padded_vocab_mismatch
+    from megatron_gm.megatron.checkpoint import TRACKER, inspect_checkpoint, padded_vocab_mismatch
 
     load = getattr(args, "load", None)
     if not load or not os.path.isfile(os.path.join(load, TRACKER)):
@@ -222,7 +225,7 @@ def check_stage_ledger(args) -> None:
     """
     import torch
 
-    from megatron_gm.manifest import atomic_write_text
+    from megatron_gm.fs import atomic_write_text
 
     stage, it = args.gm_stage, args.iteration
     start = args.gm_stage_start_iter

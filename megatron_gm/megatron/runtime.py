@@ -33,11 +33,10 @@ class Session:
 def parse_args(argv: list[str], extra_args_provider=None):
     """Megatron's parse_and_validate_args over ``argv`` (without the program name), ``--gm-*`` added."""
     import megatron_gm
-    from megatron_gm.megatron import cpu_shim, loader
+    from megatron_gm.megatron import cpu_shim
     from megatron_gm.megatron.args import extra_args_provider as gm_provider
 
     megatron_gm.install()
-    loader._mode["for_training"] = False
     if cpu_shim.is_active():
         argv, _ = cpu_shim.with_cpu_flags(list(argv))
     from megatron.training.arguments import parse_and_validate_args
@@ -45,7 +44,9 @@ def parse_args(argv: list[str], extra_args_provider=None):
     saved = sys.argv
     sys.argv = ["megatron_gm", *argv]
     try:
-        return parse_and_validate_args(extra_args_provider=gm_provider(extra_args_provider))
+        return parse_and_validate_args(
+            extra_args_provider=gm_provider(extra_args_provider, for_training=False)
+        )
     finally:
         sys.argv = saved
 

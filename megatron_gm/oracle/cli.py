@@ -3,7 +3,7 @@
 Takes pretraining's Megatron flags (model sizes, --data-path, --tokenizer-*, --seq-length,
 --tensor/pipeline-model-parallel-size, --load, --seed, ...) plus the ``--gm-oracle-*`` group below.
 Training flags the probe step needs but a user may leave out are taken from the checkpoint's saved args
-(``INHERITED_VALUES``, ``INHERITED_SWITCHES``); the LR schedule always is (Megatron's
+(``megatron/checkpoint_args.py``); the LR schedule always is (Megatron's
 --use-checkpoint-opt-param-scheduler). Model flags that differ from the checkpoint's are refused. Every
 input is checked before Megatron starts, so bad input fails in seconds with one line. The store is
 complete when ``summary.json`` (label spread, timings) appears in it.
@@ -21,21 +21,13 @@ from typing import Any
 
 from megatron_gm.config import SettingError, add_dataclass_args, check_settings, from_namespace, setting
 from megatron_gm.errors import GMError, cli_main
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.fs import atomic_write_text
+from megatron_gm.megatron.args import is_number
+from megatron_gm.megatron.checkpoint_args import check_architecture, inherit_flags, pre_parse
 from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REF = ROOT.parent / "shared" / "data" / "ref_wikitext103_valid.jsonl.gz"
 MIN_REFERENCE_TOKENS = 32  # below this the reference loss is too noisy to label anything
 SUMMARY = "summary.json"  # written last, once every shard is done: the store's completion marker
-
-# Training settings the probe step uses, copied from the checkpoint's saved args when the command line
-# leaves them out (value flags), or added when pretraining had them on (switches).
-INHERITED_VALUES = (
-    "--lr", "--min-lr", "--clip-grad", "--weight-decay", "--weight-decay-incr-style", "--adam-beta1",
-    "--adam-beta2", "--adam-eps", "--optimizer", "--lr-decay-style", "--gm-stage", "--gm-stage-iters",
-)  # fmt: skip
-INHERITED_SWITCHES = ("--bf16", "--fp16", "--eod-mask-loss", "--reset-position-ids", "--reset-attention-mask")
 
 
 def add_oracle_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -69,7 +61,9 @@ class OracleConfig:
         None, "draw random trajectories from these documents only (.npy of indices or a selection)",
         metavar="NPY|DIR",
     )  # fmt: skip
-    ref_data: str | None = setting(None, f"reference set (default {DEFAULT_REF})", metavar="JSONL")
+    ref_data: str | None = setting(
+        None, "reference set D_r, jsonl[.gz] of text or context/target records (required)", metavar="JSONL"
+    )
     ref_samples: int = setting(
         64,
         "reference samples (seeded subset): examples, or windows of --seq-length tokens when packed",
@@ -104,7 +98,7 @@ class OracleConfig:
         """From Megatron's parsed args: the seed defaults to --seed, the reference set to the bundled one."""
         return from_namespace(
             cls, args, PREFIX, seed=args.seed if args.gm_oracle_seed is None else args.gm_oracle_seed,
-            ref_data=args.gm_oracle_ref_data or str(DEFAULT_REF),
+            ref_data=args.gm_oracle_ref_data or "",
         )  # fmt: skip
 
     def validate(self, files: bool = True) -> OracleConfig:
@@ -114,6 +108,8 @@ class OracleConfig:
         if self.T is not None and self.T < 1:
             raise SettingError("--gm-oracle-T", "T", self.T, "a trajectory needs at least one step (T >= 1)")
         check_settings(self, PREFIX)
+        if files and not self.ref_data:
+            raise GMError("--gm-oracle-ref-data JSONL is required (the reference set the labels measure)")
         if files and not os.path.isfile(self.ref_data or ""):
             raise GMError(f"{self.ref_data}: reference set not found; pass --gm-oracle-ref-data JSONL")
         return self
@@ -125,72 +121,13 @@ class Prepared:
 
     args: argparse.Namespace  # Megatron's parsed args (the command line plus the inherited flags)
     cfg: OracleConfig
-    ckpt: Any  # the inspected stage checkpoint (oracle.checkpoint.Checkpoint)
+    ckpt: Any  # the inspected stage checkpoint (megatron.checkpoint.Checkpoint)
     inherited: list[str]  # flags taken from the checkpoint's saved args
     info: Any  # the pool's DatasetInfo
     dataset: Any  # the pool's IndexedDataset
     source: Any  # the trajectory source
     reference: Any  # the reference set
     tokenizer: Any
-
-
-def _given(argv: list[str]) -> set[str]:
-    return {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-
-
-def inherit_flags(argv: list[str], ckpt) -> list[str]:
-    """Flags to add from the checkpoint's saved args: training settings the command line leaves out.
-
-    The LR schedule itself is loaded from the checkpoint; its flags only have to pass Megatron's checks.
-    """
-    given = _given(argv)
-    extra: list[str] = []
-
-    def saved(flag: str):
-        return ckpt.saved(flag[2:].replace("-", "_"))
-
-    def add(flag: str) -> None:
-        if flag not in given and saved(flag) is not None:
-            extra.extend([flag, str(saved(flag))])
-
-    for flag in INHERITED_VALUES:
-        add(flag)
-    if saved("--weight-decay-incr-style") not in (None, "constant"):
-        add("--start-weight-decay")
-        add("--end-weight-decay")
-    if given & {"--train-iters", "--train-samples"}:
-        unit = "iters" if "--train-iters" in given else "samples"
-    else:
-        unit = "iters" if saved("--train-iters") else "samples"
-        add(f"--train-{unit}")
-    if not given & {"--lr-decay-iters", "--lr-decay-samples"}:
-        add(f"--lr-decay-{unit}")
-    if not given & {"--lr-warmup-fraction", "--lr-warmup-iters", "--lr-warmup-samples"}:
-        add("--lr-warmup-fraction" if saved("--lr-warmup-fraction") is not None else f"--lr-warmup-{unit}")
-    if (
-        saved("--lr-decay-style") == "WSD"
-    ):  # WSD needs its cooldown length (and style) to pass Megatron's checks
-        add("--lr-wsd-decay-style")
-        if not given & {"--lr-wsd-decay-iters", "--lr-wsd-decay-samples"}:
-            add(
-                "--lr-wsd-decay-iters"
-                if saved("--lr-wsd-decay-iters") is not None
-                else "--lr-wsd-decay-samples"
-            )
-    for flag in INHERITED_SWITCHES:
-        if flag not in given and saved(flag):
-            extra.append(flag)
-    return extra
-
-
-def _pre_parse(argv: list[str]):
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    p.add_argument("--load", default=None)
-    p.add_argument("--ckpt-step", type=int, default=None)
-    known, _ = p.parse_known_args(argv)
-    if not known.load:
-        raise GMError("--load is required: the stage checkpoint folder (pretraining's --save)")
-    return known
 
 
 def check_args(args) -> None:
@@ -209,48 +146,11 @@ def check_args(args) -> None:
         )
 
 
-# Flags that shape the model or its training sample: the run must match the checkpoint's.
-ARCHITECTURE = (
-    "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "group_query_attention",
-    "max_position_embeddings", "seq_length", "position_embedding_type", "untie_embeddings_and_output_weights",
-    "normalization", "swiglu", "add_bias_linear", "bf16", "fp16",
-)  # fmt: skip
-
-
-def check_architecture(args, ckpt, vocab_size: int) -> None:
-    """Refuse a run whose model differs from the checkpoint's (Megatron may load it silently)."""
-    from megatron.training.vocab_utils import calculate_padded_vocab_size
-
-    from megatron_gm.oracle.checkpoint import padded_vocab_mismatch
-
-    diff = []
-    for name in ARCHITECTURE:
-        have, saved = getattr(args, name, None), ckpt.saved(name)
-        if saved is not None and have != saved:
-            diff.append(f"{name}: checkpoint {saved}, this run {have}")
-    have = calculate_padded_vocab_size(
-        vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, logging_enabled=False
-    )
-    vocab = padded_vocab_mismatch(ckpt.saved("padded_vocab_size"), have, args)
-    if vocab:
-        diff.append(vocab)
-    if diff:
-        raise GMError(f"{ckpt.path}: the model flags differ from pretraining's: {'; '.join(diff)}")
-
-
 def pool_prefix(args) -> str:
-    paths = [p for p in (args.data_path or []) if not _is_number(p)]
+    paths = [p for p in (args.data_path or []) if not is_number(p)]
     if len(paths) != 1:
         raise GMError(f"--data-path: give exactly one dataset prefix (the candidate pool), got {len(paths)}")
     return paths[0]
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
 
 
 def check_tokenizer(args, info) -> None:
@@ -267,13 +167,13 @@ def prepare(argv: list[str]) -> Prepared:
     from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
 
     from megatron_gm.data.indexed import load_dataset_info
+    from megatron_gm.data.reference import build_reference
     from megatron_gm.megatron import runtime
-    from megatron_gm.oracle.checkpoint import inspect_checkpoint, require_optimizer_state
-    from megatron_gm.oracle.reference import build_reference
+    from megatron_gm.megatron.checkpoint import inspect_checkpoint, require_optimizer_state
     from megatron_gm.oracle.trajectories import build_source
     from megatron_gm.procs import lock_output
 
-    pre = _pre_parse(argv)
+    pre = pre_parse(argv)
     ckpt = inspect_checkpoint(pre.load, pre.ckpt_step)
     require_optimizer_state(ckpt)
     inherited = inherit_flags(argv, ckpt)
@@ -328,12 +228,13 @@ def build_manifest(args, cfg, ckpt, info, source, reference):
 
 
 def megatron_group():
+    import torch
     from megatron.core import mpu
 
     from megatron_gm.oracle.collect import Group
 
     return Group(
-        rank=__import__("torch").distributed.get_rank(),
+        rank=torch.distributed.get_rank(),
         dp_rank=mpu.get_data_parallel_rank(),
         dp_size=mpu.get_data_parallel_world_size(),
         writer=mpu.get_tensor_model_parallel_rank() == 0 and mpu.is_pipeline_last_stage(ignore_virtual=True),
@@ -344,9 +245,9 @@ def run(argv: list[str]) -> dict:
     import torch
 
     from megatron_gm.megatron import runtime
+    from megatron_gm.megatron.samples import SampleFormat
     from megatron_gm.oracle.collect import collect
     from megatron_gm.oracle.megatron_engine import MegatronEngine
-    from megatron_gm.oracle.samples import SampleFormat
     from megatron_gm.oracle.store import label_stats, load_oracle
 
     prep = prepare(argv)

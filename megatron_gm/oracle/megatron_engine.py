@@ -32,9 +32,9 @@ from functools import partial
 import numpy as np
 import torch
 
+from megatron_gm.data.reference import ReferenceSet, length_buckets, pad_multiple
 from megatron_gm.errors import GMError
-from megatron_gm.oracle.reference import ReferenceSet, length_buckets, pad_multiple
-from megatron_gm.oracle.samples import SampleFormat, document_sample, to_batch
+from megatron_gm.megatron.samples import SampleFormat, document_sample, to_batch
 from megatron_gm.oracle.snapshot import StateSnapshot
 
 

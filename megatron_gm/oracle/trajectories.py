@@ -3,23 +3,28 @@
 - ``random``: T distinct documents drawn from the candidate pool (every document with at least two
   tokens, or a given subset) by a generator seeded with (seed, trajectory id), so trajectory k is the
   same whatever the world size, shard size or resume point.
-- ``file``: rows of a trajectory file written by ``tools/bootstrap_trajectories.py`` (format and loader
-  in ``megatron_gm.influence.bootstrap``: ``documents.npy`` int64 [n, T] + manifest of kind
-  "trajectories"); trajectory k is row k.
+- ``file``: rows of a trajectory file written by ``tools/bootstrap_trajectories.py`` (format, writer and
+  loader at the end of this module: ``documents.npy`` int64 [n, T] + manifest of kind "trajectories");
+  trajectory k is row k.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
+from pathlib import Path
 
 import numpy as np
 
 from megatron_gm.errors import GMError
+from megatron_gm.fs import atomic_write_bytes
+from megatron_gm.manifest import Manifest
 
 POLICIES = ("random", "file")
 DEFAULT_T = 10
+TRAJ_KIND = "trajectories"
 
 
 def random_trajectory(candidates: np.ndarray, T: int, seed: int, traj_id: int) -> np.ndarray:
@@ -62,7 +67,7 @@ class TrajectorySource:
 def load_candidates(path: str, num_docs: int, dataset_fingerprint: str | None) -> np.ndarray:
     """A .npy of document indices, or a selection folder (documents.npy + manifest.json)."""
     if os.path.isdir(path):
-        from megatron_gm.selection.artifact import load_selection
+        from megatron_gm.data.selection import load_selection
 
         docs, _ = load_selection(path, dataset_fingerprint=dataset_fingerprint, num_docs=num_docs)
         return docs
@@ -102,8 +107,6 @@ def build_source(
     if policy == "file":
         if not trajectory_file:
             raise GMError("--gm-oracle-policy file needs --gm-oracle-trajectory-file DIR")
-        from megatron_gm.influence.bootstrap import load_trajectories
-
         table, manifest = load_trajectories(
             trajectory_file, dataset_fingerprint=dataset_fingerprint, num_docs=num_docs
         )
@@ -131,3 +134,63 @@ def build_source(
     return TrajectorySource(
         "random", T, num_trajectories, seed, candidates=pool, inputs={"candidates": _digest(pool)}
     )
+
+
+# -- trajectory files (tools/bootstrap_trajectories.py writes them) --------------------------------------
+
+
+def _save_npy(path: Path, a: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_trajectories(
+    folder: str | os.PathLike,
+    documents: np.ndarray,
+    manifest: Manifest,
+    *,
+    predicted: np.ndarray | None = None,
+    tail: np.ndarray | None = None,
+    probe_documents: np.ndarray | None = None,
+) -> Path:
+    folder = Path(folder)
+    docs = np.asarray(documents, dtype=np.int64)
+    if docs.ndim != 2 or docs.size == 0:
+        raise GMError(f"{folder}: trajectories must be a non-empty [n, T] array of document indices")
+    if manifest.kind != TRAJ_KIND:
+        raise GMError(f"{folder}: trajectory manifest must have kind {TRAJ_KIND!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_npy(folder / "documents.npy", docs)
+    if predicted is not None:
+        _save_npy(folder / "predicted.npy", np.asarray(predicted, dtype=np.float32))
+    if tail is not None:
+        _save_npy(folder / "tail.npy", np.asarray(tail, dtype=np.int8))
+    if probe_documents is not None:
+        _save_npy(folder / "probe_documents.npy", np.asarray(probe_documents, dtype=np.int64))
+    manifest.config["T"] = int(docs.shape[1])
+    manifest.config["num_trajectories"] = int(docs.shape[0])
+    manifest.save(folder / "manifest.json")
+    return folder
+
+
+def load_trajectories(
+    folder: str | os.PathLike, *, dataset_fingerprint: str | None = None, num_docs: int | None = None
+) -> tuple[np.ndarray, Manifest]:
+    """documents [n, T] int64 and the manifest; refuses a file made for another dataset."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise GMError(f"{folder}: trajectory file not found; write one with tools/bootstrap_trajectories.py")
+    manifest = Manifest.load(folder / "manifest.json")
+    if manifest.kind != TRAJ_KIND:
+        raise GMError(f"{folder}: is a {manifest.kind!r} artifact, not a trajectory file")
+    manifest.check(path=folder, dataset_fingerprint=dataset_fingerprint)
+    try:
+        docs = np.load(folder / "documents.npy", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise GMError(f"{folder}/documents.npy: unreadable ({e}); regenerate the trajectories") from e
+    if docs.ndim != 2 or docs.dtype != np.int64 or docs.size == 0:
+        raise GMError(f"{folder}/documents.npy: not a non-empty int64 [n, T] array; regenerate it")
+    if num_docs is not None and (docs.min() < 0 or docs.max() >= num_docs):
+        raise GMError(f"{folder}: document index out of range for a dataset of {num_docs} documents")
+    return docs, manifest

@@ -32,7 +32,7 @@ from megatron_gm.pipeline.estimate import (
     human_time,
     reference_tokens,
 )
-from megatron_gm.pipeline.plan import DEFAULT_REF, Phase, build_plan
+from megatron_gm.pipeline.plan import Phase, build_plan
 from megatron_gm.pipeline.presets import PRESETS, preset
 from megatron_gm.pipeline.run import ROOT
 from megatron_gm.pipeline.slurm import describe_resources
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-type", default=None, help="Megatron tokenizer type")
     p.add_argument("--tokenizer-model", default="", help="tokenizer model file")
     p.add_argument(
-        "--ref", default="", help=f"oracle reference set jsonl (default ../shared/data/{DEFAULT_REF})"
+        "--ref", default="", help="oracle reference set jsonl[.gz] (required to run oracle phases)"
     )
     twin = p.add_mutually_exclusive_group()
     twin.add_argument("--random-twin", dest="random_twin", action="store_true", default=None,
@@ -97,8 +97,8 @@ def make_config(args: argparse.Namespace) -> PipelineConfig:
 
 
 def reference_set(args: argparse.Namespace, cfg: PipelineConfig) -> str:
-    ref = args.ref or cfg.oracle.ref_data or str(ROOT.parent / "shared" / "data" / DEFAULT_REF)
-    return str(Path(ref).resolve())
+    ref = args.ref or cfg.oracle.ref_data
+    return str(Path(ref).resolve()) if ref else ""
 
 
 def print_plan(
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_gm.pipeline.slurm import check_controller
 
         print(f"[pipeline] Slurm: {check_controller()}")
+    if any(p.kind == "oracle" for p in phases) and not ref:
+        raise GMError("--ref is required: the oracle's reference set (jsonl[.gz]), or set oracle.ref_data")
     if any(p.kind == "oracle" for p in phases) and not Path(ref).is_file():
         raise GMError(f"{ref}: reference set not found; pass --ref <jsonl[.gz]> or set oracle.ref_data")
     from megatron_gm.pipeline.run import open_run

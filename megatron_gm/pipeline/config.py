@@ -20,7 +20,7 @@ from megatron_gm.errors import GMError
 from megatron_gm.influence.bootstrap import BootstrapConfig
 from megatron_gm.influence.train import TrainConfig as InfluenceTrainConfig
 from megatron_gm.oracle.cli import OracleConfig
-from megatron_gm.selection.pipeline import SelectConfig
+from megatron_gm.selection.config import SelectConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ class OracleSection:
 
     trajectories: int = tool_setting(OracleConfig, "trajectories", 64)
     T: int = tool_setting(OracleConfig, "T", 10)  # also the bootstrap round's trajectory length
-    ref_data: str = tool_setting(OracleConfig, "ref_data", "")  # "": the bundled WikiText-103 reference set
+    ref_data: str = tool_setting(
+        OracleConfig, "ref_data", ""
+    )  # the reference set jsonl (--ref); required to run an oracle
     ref_samples: int = tool_setting(OracleConfig, "ref_samples", 32)
     seed: int = tool_setting(OracleConfig, "seed", 1234)  # also the bootstrap round's seed
     extra_args: list[str] = setting(default_factory=list)

@@ -31,8 +31,6 @@ TOOLS = {
     "select": ("tools/select_data.py", "mpi", "slurm/select_data.sbatch"),
 }
 
-DEFAULT_REF = "ref_wikitext103_valid.jsonl.gz"
-
 
 @dataclasses.dataclass
 class Phase:
@@ -242,8 +240,8 @@ def checkpoint_iteration(ckpt: str | Path) -> str:
 
 
 def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list[Phase]:
-    """Every phase in dependency order. ``ref_data``: the oracle's reference set when oracle.ref_data is
-    unset (the bundled one)."""
+    """Every phase in dependency order. ``ref_data``: the oracle's reference set (``--ref``) when
+    oracle.ref_data is unset."""
     out = Path(out).resolve()
     L = cfg.launch
     ref = cfg.oracle.ref_data or ref_data

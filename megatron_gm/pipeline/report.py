@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_gm.errors import GMError, cli_main
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.fs import atomic_write_text
 from megatron_gm.pipeline.plan import Phase
 from megatron_gm.pipeline.state import RunState
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.fs import atomic_write_text
 from megatron_gm.pipeline.config import PipelineConfig
 from megatron_gm.pipeline.plan import Phase
 from megatron_gm.pipeline.state import RunState

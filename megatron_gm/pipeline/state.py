@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_gm.errors import GMError, cli_main
-from megatron_gm.manifest import atomic_write_text
+from megatron_gm.fs import atomic_write_text, read_json
 
 STATUSES = ("submitted", "running", "interrupted", "failed", "done")
 
@@ -40,10 +40,7 @@ class RunState:
     def read(self) -> dict[str, Any]:
         if not self.path.exists():
             return {"version": 1, "phases": {}}
-        try:
-            data = json.loads(self.path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GMError(f"{self.path}: corrupt state file ({e}); fix or delete it (phases rerun)") from e
+        data = read_json(self.path, "state file", "fix or delete it (phases rerun)")
         if not isinstance(data, dict) or not isinstance(data.get("phases"), dict):
             raise GMError(f"{self.path}: not a pipeline state file; delete it or choose another --out")
         return data

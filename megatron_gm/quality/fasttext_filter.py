@@ -28,8 +28,8 @@ import numpy as np
 from megatron_gm.config import check_settings, setting
 from megatron_gm.data.jsonl import iter_lines, parse_record
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import atomic_write_text, sha256_file
-from megatron_gm.selection.scores import open_scores, read_shard, write_scores
+from megatron_gm.fs import atomic_write_text, sha256_file
+from megatron_gm.selection.score_store import open_scores, read_shard, write_scores
 
 LOG = logging.getLogger(__name__)
 POS, NEG = "__label__pos", "__label__neg"
@@ -99,11 +99,11 @@ class Pool:
     """The documents of a Megatron indexed dataset as normalised text, in the dataset's order."""
 
     def __init__(self, prefix: str):
+        from megatron_gm.data.documents import dataset_and_tokenizer
         from megatron_gm.data.indexed import load_dataset_info
-        from megatron_gm.influence.embed import _dataset_and_tokenizer
 
         self.info = load_dataset_info(prefix)
-        self.ds, self.tokenizer, _ = _dataset_and_tokenizer(str(prefix))
+        self.ds, self.tokenizer, _ = dataset_and_tokenizer(str(prefix))
         self.bounds = np.asarray(self.ds.document_indices, dtype=np.int64)
         self.num_docs = len(self.bounds) - 1
         if self.num_docs != int(self.info.num_docs):

@@ -7,7 +7,7 @@ or under ``srun --mpi=pmi2`` (or pmix). Every rank must see the scores folder (a
         --gm-influence-model runs/s0/influence --gm-stage 1 --output runs/s0/selection
 
 Or select from precomputed scores (a folder written by a scoring run or by
-``megatron_gm.selection.scores.write_scores``): ``--scores-from runs/s0/selection.scores``.
+``megatron_gm.selection.score_store.write_scores``): ``--scores-from runs/s0/selection.scores``.
 
 The artifact has the same bytes for any number of ranks at the same ``--threads``. A killed run, rerun
 with the same flags, scores only the shards that were not finished.
@@ -26,7 +26,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_gm.selection.pipeline import SelectConfig
+    from megatron_gm.selection.config import SelectConfig
 
     p = argparse.ArgumentParser(
         prog="select_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def run(args: argparse.Namespace) -> int:
     from megatron_gm.selection.comm import Comm
-    from megatron_gm.selection.pipeline import SelectConfig, run_selection
+    from megatron_gm.selection.config import SelectConfig
+    from megatron_gm.selection.run import run_selection
 
     cfg = from_namespace(SelectConfig, args)
     try:

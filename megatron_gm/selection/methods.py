@@ -95,7 +95,7 @@ def select_documents(
 ) -> np.ndarray:
     """All methods in one process: sorted document indices (positions in ``s``) for given cluster labels.
 
-    The distributed run (pipeline.py) gives the same result; this is its reference and a library entry.
+    The distributed run (run.py) gives the same result; this is its reference and a library entry.
     """
     if method not in METHODS:
         raise GMError(f"unknown selection method {method!r}; choose one of {', '.join(METHODS)}")

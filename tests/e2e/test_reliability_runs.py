@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megatron_gm.data.selection import save_selection
 from megatron_gm.manifest import Manifest
-from megatron_gm.selection.artifact import save_selection
 from tests.reliability_fixtures import (
     ROOT,
     VOCAB,

@@ -13,10 +13,10 @@ import torch
 
 from megatron_gm.data.indexed import load_dataset_info, write_indexed_dataset
 from megatron_gm.data.preprocess import main as preprocess_main
+from megatron_gm.data.selection import load_selection
 from megatron_gm.data.train_tokenizer import main as train_tokenizer_main
 from megatron_gm.influence import InfluenceModel, ModelConfig, save_influence_model
 from megatron_gm.manifest import Manifest
-from megatron_gm.selection.artifact import load_selection
 from megatron_gm.selection.scoring import influence_model_hash
 from tests.fixtures import make_corpus
 from tests.select_helpers import ROOT, TOOL, error_line, run_tool

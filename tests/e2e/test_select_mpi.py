@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from megatron_gm.selection.artifact import load_selection
+from megatron_gm.data.selection import load_selection
 from tests.select_helpers import ROOT, TOOL, error_line, reference_selection, run_tool, synthetic_scores
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi, pytest.mark.timeout(300)]

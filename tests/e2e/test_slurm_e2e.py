@@ -67,7 +67,7 @@ def pool(tmp_path_factory) -> dict[str, str]:
 
 def _args(pool: dict[str, str], out: Path, *extra: str) -> list[str]:
     return ["tools/run_pipeline.py", "--preset", "test", "--stages", "2", "--out", str(out),
-            "--data-path", pool["data"], "--tokenizer-model", pool["tok"], *SETS, *extra]  # fmt: skip
+            "--data-path", pool["data"], "--tokenizer-model", pool["tok"], "--ref", str(DATA / "ref_wikitext103_valid.jsonl.gz"), *SETS, *extra]  # fmt: skip
 
 
 def _same_files(a: Path, b: Path, pattern: str) -> list[str]:

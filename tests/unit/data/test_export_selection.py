@@ -16,9 +16,9 @@ import pytest
 from megatron_gm.data.export import main as export_main
 from megatron_gm.data.indexed import load_dataset_info
 from megatron_gm.data.preprocess import main as preprocess_main
+from megatron_gm.data.selection import save_selection
 from megatron_gm.data.train_tokenizer import main as train_main
 from megatron_gm.manifest import Manifest
-from megatron_gm.selection.artifact import save_selection
 from tests.fixtures import make_corpus, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from megatron_gm.data.indexed import write_indexed_dataset
-from megatron_gm.evaluate import prompt_metrics, prompt_samples, score_samples
-from megatron_gm.oracle.samples import SampleFormat
+from megatron_gm.data.reference import prompt_samples
+from megatron_gm.megatron.samples import SampleFormat
+from megatron_gm.megatron.scoring import prompt_metrics, score_samples
 
 ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ = 64, 16

@@ -14,7 +14,8 @@ import torch
 
 from megatron_gm.errors import GMError, ManifestMismatch
 from megatron_gm.influence.data import default_val_count, load_stores, split_indices
-from megatron_gm.influence.train import TrainConfig, deepspeed_config
+from megatron_gm.influence.train import TrainConfig
+from megatron_gm.influence.trainer import deepspeed_config
 from tests.distributed import run_distributed_test
 from tests.influence_fixtures import oracle_store, tiny_encoder, token_pool
 
@@ -239,7 +240,7 @@ def test_cli_errors_are_one_line_and_write_nothing(world, tmp_path):
 
 def _cache(rank, world_size, enc, prefix, docs, folder, fingerprint):
     from megatron_gm.influence import InfluenceModel, ModelConfig
-    from megatron_gm.influence.embed import cached_embeddings
+    from megatron_gm.influence.embed_cache import cached_embeddings
 
     torch.set_num_threads(1)
     model = InfluenceModel(ModelConfig(str(enc)))

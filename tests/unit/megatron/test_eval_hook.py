@@ -14,13 +14,8 @@ import numpy as np
 import pytest
 
 from megatron_gm.data.indexed import write_indexed_dataset
-from megatron_gm.evalpack import (
-    load_pack,
-    prompts_from_jsonl,
-    save_pack,
-    windows_from_dataset,
-    windows_from_jsonl,
-)
+from megatron_gm.data.reference import prompts_from_jsonl, windows_from_jsonl
+from megatron_gm.evalpack import load_pack, save_pack, windows_from_dataset
 from megatron_gm.megatron.eval_hook import read_log
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from megatron_gm.data.indexed import write_indexed_dataset
+from megatron_gm.data.selection import save_selection
 from megatron_gm.manifest import Manifest
 from megatron_gm.sampler import StageOrder
-from megatron_gm.selection.artifact import save_selection
 
 ROOT = Path(__file__).resolve().parents[3]
 VOCAB, SEQ, GBS = 256, 64, 4

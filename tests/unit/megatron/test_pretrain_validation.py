@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from megatron_gm.data.indexed import write_indexed_dataset
+from megatron_gm.data.selection import save_selection
 from megatron_gm.errors import GMError, ManifestMismatch
 from megatron_gm.manifest import Manifest
 from megatron_gm.megatron.args import validate_gm_args
-from megatron_gm.selection.artifact import save_selection
 
 SPEC = {"type": "NullTokenizer", "model": None, "model_sha256": None, "vocab_size": 64}
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_gm.data.reference import build_reference, length_buckets, pad_multiple
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
+from megatron_gm.megatron.samples import document_sample
 from megatron_gm.oracle.collect import Group, collect, probe_trajectory, step_seed
-from megatron_gm.oracle.reference import build_reference, length_buckets, pad_multiple
-from megatron_gm.oracle.samples import document_sample
 from megatron_gm.oracle.snapshot import StateSnapshot
 from megatron_gm.oracle.store import label_stats, load_oracle
 from megatron_gm.oracle.trajectories import build_source, random_trajectory
@@ -187,7 +187,7 @@ def test_random_trajectories_depend_only_on_seed_and_id(pool):
 
 
 def test_candidates_and_trajectory_file(pool, tmp_path):
-    from megatron_gm.influence.bootstrap import save_trajectories
+    from megatron_gm.oracle.trajectories import save_trajectories
 
     info, _, ds = pool
     kw = dict(seed=0, doc_lengths=ds.sequence_lengths, dataset_fingerprint=info.fingerprint)
@@ -346,8 +346,8 @@ def test_flags_left_out_are_taken_from_the_checkpoint():
     """Stage 1's checkpoint: --gm-stage-iters, --train-iters, optimizer and schedule flags come along."""
     import argparse
 
-    from megatron_gm.oracle.checkpoint import CheckpointInfo
-    from megatron_gm.oracle.cli import inherit_flags
+    from megatron_gm.megatron.checkpoint import CheckpointInfo
+    from megatron_gm.megatron.checkpoint_args import inherit_flags
 
     saved = argparse.Namespace(
         lr=2e-3, min_lr=2e-4, clip_grad=1.0, weight_decay=0.1, weight_decay_incr_style="constant",
@@ -376,8 +376,8 @@ def test_architecture_and_padded_vocabulary_must_match_the_checkpoint():
     """check_architecture: a differing flag or padded vocabulary (Megatron loads both silently) is refused."""
     import argparse
 
-    from megatron_gm.oracle.checkpoint import CheckpointInfo
-    from megatron_gm.oracle.cli import check_architecture
+    from megatron_gm.megatron.checkpoint import CheckpointInfo
+    from megatron_gm.megatron.checkpoint_args import check_architecture
 
     saved = argparse.Namespace(num_layers=2, hidden_size=64, padded_vocab_size=256)
     ckpt = CheckpointInfo("ck/iter_0000010", 10, saved, True, True)
@@ -396,8 +396,8 @@ def test_wsd_schedule_flags_are_taken_from_the_checkpoint():
     """A WSD checkpoint: Megatron refuses --lr-decay-style WSD without the cooldown length."""
     import argparse
 
-    from megatron_gm.oracle.checkpoint import CheckpointInfo
-    from megatron_gm.oracle.cli import inherit_flags
+    from megatron_gm.megatron.checkpoint import CheckpointInfo
+    from megatron_gm.megatron.checkpoint_args import inherit_flags
 
     saved = argparse.Namespace(
         lr=3e-3, min_lr=3e-4, lr_decay_style="WSD", lr_wsd_decay_style="linear", lr_wsd_decay_iters=56,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from megatron_gm.data.indexed import write_indexed_dataset
+from megatron_gm.dist import free_port
 from megatron_gm.oracle.store import load_oracle
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -101,12 +101,6 @@ def _collect(w: Path, out: Path, nproc: int = 1, *extra: str) -> subprocess.Comp
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _summary(p: subprocess.CompletedProcess) -> dict:
     m = re.search(r"oracle summary: (\{.*\})", p.stdout)
     assert m, p.stdout[-2000:]
@@ -170,7 +164,7 @@ def test_killed_collection_resumed_with_two_data_parallel_groups_equals_one_proc
     out = w / "killed"
     cmd = [sys.executable, str(ROOT / "tools" / "collect_oracle.py"), *_collect_flags(w, out)]
     one_process = {**ENV, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(_free_port())}  # fmt: skip
+                   "MASTER_PORT": str(free_port())}  # fmt: skip
     p = subprocess.Popen(cmd, cwd=w, env=one_process, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 200
     while not list(out.glob("*.done")) and p.poll() is None and time.time() < deadline:
@@ -196,7 +190,7 @@ from megatron_gm.megatron import gpt, runtime
 from megatron_gm.oracle import cli
 from megatron_gm.oracle.collect import probe_trajectory
 from megatron_gm.oracle.megatron_engine import MegatronEngine
-from megatron_gm.oracle.samples import SampleFormat
+from megatron_gm.megatron.samples import SampleFormat
 
 p = cli.prepare(sys.argv[1:])
 args, cfg, ckpt, dataset, source, ref, tok = p.args, p.cfg, p.ckpt, p.dataset, p.source, p.reference, p.tokenizer

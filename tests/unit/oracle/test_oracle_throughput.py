@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parents[3]
+pytestmark = [pytest.mark.megatron, pytest.mark.slow, pytest.mark.timeout(600)]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 SCRIPT = r"""
@@ -31,9 +31,12 @@ from megatron_gm.megatron import runtime
 from megatron_gm.oracle import cli
 from megatron_gm.oracle.collect import collect_shard, probe_trajectory
 from megatron_gm.oracle.megatron_engine import MegatronEngine
-from megatron_gm.oracle.samples import SampleFormat
+from megatron_gm.megatron.samples import SampleFormat
 
-args, cfg, ckpt, _, _, dataset, source, ref, tok = cli.prepare(sys.argv[2:])
+p = cli.prepare(sys.argv[2:])
+args, cfg, ckpt, dataset, source, ref, tok = (
+    p.args, p.cfg, p.ckpt, p.dataset, p.source, p.reference, p.tokenizer
+)
 args.use_checkpoint_opt_param_scheduler = True
 runtime.initialize()
 s = runtime.build(args)

@@ -22,7 +22,7 @@ from megatron_gm.pipeline.presets import preset
 from megatron_gm.quality.cli import build_parser as quality_parser
 from megatron_gm.quality.fasttext_filter import FilterConfig
 from megatron_gm.selection import cli as select_cli
-from megatron_gm.selection.pipeline import SelectConfig
+from megatron_gm.selection.config import SelectConfig
 
 
 def _oracle_parser() -> argparse.ArgumentParser:

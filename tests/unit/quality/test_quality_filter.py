@@ -16,7 +16,7 @@ from megatron_gm.data.indexed import write_indexed_dataset
 from megatron_gm.data.tokenizer import build_tokenizer, tokenizer_spec
 from megatron_gm.data.train_tokenizer import main as train_tokenizer
 from megatron_gm.quality.cli import main
-from megatron_gm.selection.scores import write_scores
+from megatron_gm.selection.score_store import write_scores
 from tests.fixtures import write_jsonl
 from tests.select_helpers import run_tool
 

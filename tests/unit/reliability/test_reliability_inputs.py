@@ -225,7 +225,7 @@ def test_bad_input(case, env, tmp_path, capsys):
 
 def test_a_damaged_score_shard_is_redone_alone_by_the_rerun(env, tmp_path):
     """The marker of a shard whose bytes changed is withdrawn on read; only that shard is pending then."""
-    from megatron_gm.selection.scores import open_scores
+    from megatron_gm.selection.score_store import open_scores
 
     shutil.copytree(env / "scores", tmp_path / "scores")
     flip_byte(tmp_path / "scores" / "shard-00001.npz", 300)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from megatron_gm.data.indexed import load_dataset_info, write_indexed_dataset
+from megatron_gm.data.selection import load_selection, save_selection
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
 from megatron_gm.procs import lock_output, lock_path, release_output
-from megatron_gm.selection.artifact import load_selection, save_selection
 from megatron_gm.selection.quotas import largest_remainder_quotas
 from megatron_gm.shards import ShardSet
 from tests.reliability_fixtures import ROOT, LockHolder, flip_byte, truncate

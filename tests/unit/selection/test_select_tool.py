@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from megatron_gm.data.indexed import write_indexed_dataset
-from megatron_gm.selection.artifact import load_selection
-from megatron_gm.selection.scores import write_scores
+from megatron_gm.data.selection import load_selection
+from megatron_gm.selection.score_store import write_scores
 from tests.select_helpers import error_line, run_tool, synthetic_scores
 
 pytestmark = pytest.mark.timeout(120)

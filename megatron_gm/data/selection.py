@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_gm.errors import GMError
-from megatron_gm.manifest import Manifest, atomic_write_bytes
+from megatron_gm.fs import atomic_write_bytes
+from megatron_gm.manifest import Manifest
 
 
 def save_selection(folder: str | os.PathLike, documents: np.ndarray, manifest: Manifest) -> Path:

@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from megatron_gm.data.reference import pad_sample
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleFormat:
@@ -35,18 +37,6 @@ class SampleFormat:
             reset_attention_mask=bool(args.reset_attention_mask),
             create_attention_mask=bool(args.create_attention_mask_in_dataloader),
         )
-
-
-def pad_sample(tokens: np.ndarray, mask: np.ndarray | None, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """First ``seq_length + 1`` tokens, padded with 0; ``mask`` over labels (default: every real label)."""
-    tokens = np.asarray(tokens, dtype=np.int64)[: seq_length + 1]
-    n = len(tokens)
-    out = np.zeros(seq_length + 1, dtype=np.int64)
-    out[:n] = tokens
-    m = np.zeros(seq_length, dtype=np.float32)
-    if n > 1:
-        m[: n - 1] = 1.0 if mask is None else np.asarray(mask, dtype=np.float32)[: n - 1]
-    return out, m
 
 
 def document_sample(dataset, doc: int, seq_length: int) -> tuple[np.ndarray, np.ndarray]:

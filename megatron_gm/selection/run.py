@@ -8,182 +8,42 @@ artifact bytes. The scores folder (``--scores-dir``) must be on a file system ev
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
-import os
-import re
-import shutil
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from megatron_gm.config import check_settings, setting
+from megatron_gm.data.selection import save_selection
 from megatron_gm.errors import GMError, ManifestMismatch
+from megatron_gm.fs import write_folder
 from megatron_gm.manifest import Manifest
-from megatron_gm.selection.artifact import save_selection
 from megatron_gm.selection.cluster import assign, kmeans_sample, train_centroids
 from megatron_gm.selection.comm import Comm
+from megatron_gm.selection.config import DOCS_PER_CLUSTER, Clock, Plan, SelectConfig, Summary
 from megatron_gm.selection.methods import (
-    METHODS,
     PER_CLUSTER,
     cluster_quotas,
-    draw_seed,
     select_in_cluster,
     select_individual,
     select_random,
 )
-from megatron_gm.selection.scores import (
+from megatron_gm.selection.score_store import (
     num_shards,
     open_scores,
     read_shard,
     scores_manifest,
     shard_range,
 )
+from megatron_gm.selection.scoring import (
+    ScoringModel,
+    device_kind,
+    influence_model_hash,
+    progress_bar,
+    score_phase,
+    scoring_device,
+)
 from megatron_gm.shards import ShardSet
-
-DOCS_PER_CLUSTER = 3000  # the paper's density, used when --gm-num-clusters is not given
-
-
-@dataclasses.dataclass
-class SelectConfig:
-    """The selection's settings; each field is the flag of tools/select_data.py named in ``flag``."""
-
-    output: str = setting(help="selection folder to write (what --gm-selection reads)", group="output")
-    stage: int = setting(
-        help="the stage that trains on this selection", flag="--gm-stage", low=0, group="output"
-    )
-    data_path: str | None = setting(None, "dataset prefix (the .bin/.idx without extension)", group="inputs")
-    influence_model: str | None = setting(
-        None, "influence model folder (scores the pool)", flag="--gm-influence-model", group="inputs"
-    )
-    scores_from: str | None = setting(
-        None, "a finished scores folder: select without scoring", group="inputs"
-    )
-    scores_dir: str | None = setting(
-        None, "where scoring writes its shards (default OUTPUT.scores)", group="inputs"
-    )
-    embed_cache: str | None = setting(
-        None, "folder of pool embeddings kept across rounds; with a frozen encoder (influence --mode fast) "
-        "later rounds only apply the new heads", group="inputs",
-    )  # fmt: skip
-    method: str = setting(
-        "group",
-        "group, individual, quota or random (the twin)",
-        flag="--gm-select-method",
-        choices=METHODS,
-        group="selection",
-    )
-    ratio: float = setting(
-        0.5, "share of each cluster to keep, in (0, 1]", flag="--gm-select-ratio", above=0, high=1,
-        group="selection",
-    )  # fmt: skip
-    num_clusters: int | None = setting(
-        None, "k-means clusters (default: about 3000 documents a cluster, as in the paper)",
-        flag="--gm-num-clusters", low=1, group="selection",
-    )  # fmt: skip
-    seed: int = setting(
-        1234, "k-means, Gumbel and random seed (paper: 1234)", low=0, high=2**31 - 1, group="selection"
-    )
-    temperature: float = setting(
-        1.0, "Gumbel temperature (individual)", flag="--gm-select-temperature", low=0, group="selection"
-    )
-    kmeans_iters: int = setting(
-        100, "k-means iterations (paper: 100)", flag="--gm-kmeans-iters", low=1, group="selection"
-    )
-    kmeans_points_per_centroid: int = setting(
-        256, "k-means trains on a seeded sample of this many documents per centroid",
-        flag="--gm-kmeans-points-per-centroid", low=1, group="selection",
-    )  # fmt: skip
-    shard_size: int = setting(1000, "documents per score shard (resume unit)", low=1, group="runtime")
-    batch_size: int = setting(
-        32, "encoder batch size when scoring", flag="--micro-batch-size", low=1, group="runtime"
-    )
-    threads: int = setting(1, "CPU threads per rank (torch, BLAS, faiss)", low=1, group="runtime")
-    # scoring: "auto" = this rank's GPU if there is one, else CPU; or "cpu"
-    device: str = setting(
-        "auto", "scoring device (auto: a GPU if any)", choices=("auto", "cpu"), group="runtime"
-    )
-    overwrite: bool = setting(False, "replace an existing selection at --output", group="output")
-    progress: bool = setting(
-        True, "no progress bars (the summary line stays)", flag="--no-progress", group="runtime"
-    )
-
-    @property
-    def draw_seed(self) -> int:
-        """What k-means, Gumbel and random draw from: (seed, stage), so each round draws afresh."""
-        return draw_seed(self.seed, self.stage)
-
-    def validate(self) -> SelectConfig:
-        check_settings(self)
-        if (self.influence_model is None) == (self.scores_from is None):
-            raise GMError("pass exactly one of --gm-influence-model (score the pool) and --scores-from")
-        if self.influence_model is not None and not self.data_path:
-            raise GMError("--gm-influence-model needs --data-path (the dataset prefix to score)")
-        if self.scores_from is not None and (self.scores_dir is not None or self.embed_cache is not None):
-            flag = "--scores-dir" if self.scores_dir is not None else "--embed-cache"
-            raise GMError(f"{flag} is for scoring; with --scores-from nothing is scored")
-        return self
-
-    @property
-    def scores_folder(self) -> str:
-        return self.scores_from or self.scores_dir or f"{self.output.rstrip('/')}.scores"
-
-
-@dataclasses.dataclass
-class Plan:
-    """What rank 0 found in the inputs, broadcast to every rank."""
-
-    fingerprint: str
-    num_docs: int
-    num_clusters: int
-    alpha: float
-    tau: float
-    model_hash: str
-    iteration: int | None
-    scores: Manifest
-    embed: Manifest | None = None  # the pool-embedding cache's manifest (None: no cache)
-
-
-class Clock:
-    """Wall and CPU seconds per phase; CPU time is this process's, all threads (robust to a busy machine)."""
-
-    def __init__(self):
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self._w, self._c = time.perf_counter(), time.process_time()
-
-    def lap(self, name: str) -> None:
-        w, c = time.perf_counter(), time.process_time()
-        self.wall[name] = self.wall.get(name, 0.0) + w - self._w
-        self.cpu[name] = self.cpu.get(name, 0.0) + c - self._c
-        self._w, self._c = w, c
-
-
-@dataclasses.dataclass
-class Summary:
-    docs: int
-    docs_scored: int
-    clusters: int
-    selected: int
-    seconds: dict[str, float]  # wall, rank 0
-    cpu_seconds: dict[str, float]  # summed over ranks
-
-    def line(self) -> str:
-        score_s, score_cpu = self.seconds.get("score", 0.0), self.cpu_seconds.get("score", 0.0)
-        rate = "n/a"
-        if self.docs_scored and score_s > 0 and score_cpu > 0:
-            rate = f"{self.docs_scored / score_s:.1f}, {self.docs_scored / score_cpu:.2f} per CPU-second"
-        phases = " ".join(f"{k} {v:.2f}" for k, v in self.seconds.items())
-        cpu = " ".join(f"{k} {v:.2f}" for k, v in self.cpu_seconds.items())
-        return (
-            f"select_data: docs {self.docs}, scored {self.docs_scored} (docs/s {rate}), "
-            f"clusters {self.clusters}, selected {self.selected}; seconds: {phases}; "
-            f"CPU-seconds, all ranks: {cpu}"
-        )
-
 
 # -- phase 0: inputs --------------------------------------------------------------------------------------
 
@@ -202,7 +62,7 @@ def check_output(cfg: SelectConfig) -> None:
         raise GMError(f"{out}: exists and is not a selection artifact; refusing to replace it")
 
 
-def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
+def prepare(cfg: SelectConfig, held: ScoringModel) -> Plan:
     """Rank 0: check every input before any work; lock and open (or create) the output folders."""
     from megatron_gm.procs import lock_output
 
@@ -230,7 +90,6 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
     else:
         from megatron_gm.data.indexed import load_dataset_info
         from megatron_gm.influence import load_influence_model
-        from megatron_gm.selection.scoring import influence_model_hash
 
         info = load_dataset_info(cfg.data_path)
         fingerprint, num_docs = info.fingerprint, int(info.num_docs)
@@ -240,7 +99,7 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
         model, mman = load_influence_model(
             cfg.influence_model, dataset_fingerprint=fingerprint, device=scoring_device(cfg)
         )
-        model_box["model"] = model
+        held.model = model
         alpha, tau = model.alpha, model.tau
         iteration = mman.iteration
         source = cfg.data_path
@@ -270,8 +129,8 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
         ShardSet(cfg.scores_folder, num_shards(num_docs, cfg.shard_size)).open(scores)
     embed = None
     if cfg.embed_cache and cfg.scores_from is None:
+        from megatron_gm.influence.embed_cache import embed_cache_manifest, embed_cache_shards
         from megatron_gm.influence.io import read_model_config
-        from megatron_gm.selection.embed_cache import embed_cache_manifest, embed_cache_shards
 
         embed = embed_cache_manifest(
             model_config=read_model_config(cfg.influence_model),
@@ -285,34 +144,6 @@ def prepare(cfg: SelectConfig, model_box: dict) -> Plan:
         if embed is not None:
             embed_cache_shards(cfg.embed_cache, embed, num_shards(num_docs, cfg.shard_size)).open(embed)
     return Plan(fingerprint, num_docs, k, alpha, tau, model_hash, iteration, scores, embed)
-
-
-# -- helpers ----------------------------------------------------------------------------------------------
-
-
-def scoring_device(cfg: SelectConfig) -> str:
-    """CPU (with ``cfg.threads`` torch threads), or with --device auto this rank's local GPU if any."""
-    import torch
-
-    torch.set_num_threads(cfg.threads)
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or "0"
-    return f"cuda:{int(local) % torch.cuda.device_count()}"
-
-
-def device_kind(device) -> str:
-    """ "cpu", or the GPU's model name: what embeddings computed on ``device`` are comparable across."""
-    import torch
-
-    device = torch.device(device)
-    return "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
-
-
-def progress_bar(cfg: SelectConfig, comm: Comm, total: int, desc: str, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not (cfg.progress and comm.is_root), mininterval=2)
 
 
 def read_rows(shards: ShardSet, cfg: dict, docs: np.ndarray, need_h: bool = True):
@@ -350,10 +181,10 @@ def deal_clusters(costs: np.ndarray, world: int) -> np.ndarray:
 def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     cfg.validate()
     clock = Clock()
-    model_box: dict[str, Any] = {}
+    held = ScoringModel()
     if cfg.scores_from is None and not comm.is_root:
-        preload_model(cfg, model_box)  # while rank 0 checks the inputs
-    plan: Plan = comm.root_then_bcast(lambda: prepare(cfg, model_box))
+        held.preload(cfg)  # while rank 0 checks the inputs
+    plan: Plan = comm.root_then_bcast(lambda: prepare(cfg, held))
     scfg = plan.scores.config
     shards = ShardSet(cfg.scores_folder, num_shards(plan.num_docs, int(scfg["shard_size"])))
     clock.lap("inputs")
@@ -361,7 +192,7 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     # 1. scoring
     scored = 0
     if cfg.scores_from is None:
-        scored = score_phase(cfg, comm, plan, shards, model_box, clock)
+        scored = score_phase(cfg, comm, plan, shards, held, clock)
 
     # 2. centroids on rank 0, broadcast
 
@@ -418,60 +249,6 @@ def run_selection(cfg: SelectConfig, comm: Comm) -> Summary:
     total_scored = int(comm.allreduce_sum(scored)) if comm.size > 1 else scored
     cpu = {k: sum(c[k] for c in comm.allgather(clock.cpu)) for k in clock.cpu} if comm.size > 1 else clock.cpu
     return Summary(plan.num_docs, total_scored, plan.num_clusters, selected, clock.wall, cpu)
-
-
-def preload_model(cfg: SelectConfig, model_box: dict) -> None:
-    """Ranks > 0 load the model before rank 0's checks end; errors are raised later, collectively."""
-    from megatron_gm.influence import load_influence_model
-
-    try:
-        model_box["model"], model_box["manifest"] = load_influence_model(
-            cfg.influence_model, device=scoring_device(cfg)
-        )
-    except GMError as e:
-        model_box["error"] = e
-
-
-def score_phase(cfg, comm: Comm, plan: Plan, shards: ShardSet, model_box: dict, clock: Clock) -> int:
-    """Score this rank's share of the unfinished shards; returns the number of documents scored."""
-    from megatron_gm.selection.embed_cache import embed_cache_shards
-    from megatron_gm.selection.scoring import score_shards
-
-    cache = None
-    if plan.embed is not None:
-        cache = embed_cache_shards(cfg.embed_cache, plan.embed, shards.num_shards)
-
-    def setup():
-        if not comm.is_root:
-            if "error" in model_box:
-                raise model_box["error"]
-            model_box["manifest"].check(path=cfg.influence_model, dataset_fingerprint=plan.fingerprint)
-            shards.open(plan.scores)
-
-    comm.agree(setup)
-    pending = comm.root_then_bcast(lambda: [i for i in range(shards.num_shards) if not shards.is_done(i)])
-    clock.lap("load")  # ranks > 0: model loading; timed apart so docs/s is scoring alone
-    todo = pending[comm.rank :: comm.size]
-    todo_docs = sum(hi - lo for lo, hi in (shard_range(i, plan.num_docs, cfg.shard_size) for i in todo))
-    bar = progress_bar(cfg, comm, todo_docs, f"scoring (rank 0 of {comm.size})", "doc")
-    try:
-        scored = comm.agree(
-            lambda: score_shards(
-                shards,
-                todo,
-                model=model_box["model"],
-                data_path=cfg.data_path,
-                num_docs=plan.num_docs,
-                shard_size=cfg.shard_size,
-                batch_size=cfg.batch_size,
-                on_shard=bar.update,
-                embed_cache=cache,
-            )
-        )
-    finally:
-        bar.close()
-    clock.lap("score")
-    return scored
 
 
 def select_my_clusters(cfg, comm, plan, shards, labels, sizes, quotas) -> np.ndarray:
@@ -533,16 +310,5 @@ def write_artifact(cfg: SelectConfig, plan: Plan, docs: np.ndarray) -> Path:
     check_output(cfg)
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    old = out.with_name(f".{out.name}.old{os.getpid()}")
-    stale = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)\d+")
-    for p in out.parent.iterdir():  # left by a run killed while writing
-        if stale.fullmatch(p.name) and p.is_dir():
-            shutil.rmtree(p)
-    save_selection(tmp, docs, selection_manifest(cfg, plan, int(docs.size)))
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    write_folder(out, lambda tmp: save_selection(tmp, docs, selection_manifest(cfg, plan, int(docs.size))))
     return out

@@ -30,7 +30,6 @@ import numpy as np
 
 from megatron_gm.data.jsonl import iter_lines, parse_record
 from megatron_gm.errors import GMError
-from megatron_gm.oracle.samples import pad_sample
 
 LAYOUTS = ("natural", "packed")
 
@@ -73,6 +72,18 @@ class ReferenceSet:
             h.update(self.layout.encode())
             h.update(np.ascontiguousarray(self.sample_lengths, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
+
+
+def pad_sample(tokens: np.ndarray, mask: np.ndarray | None, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """First ``seq_length + 1`` tokens, padded with 0; ``mask`` over labels (default: every real label)."""
+    tokens = np.asarray(tokens, dtype=np.int64)[: seq_length + 1]
+    n = len(tokens)
+    out = np.zeros(seq_length + 1, dtype=np.int64)
+    out[:n] = tokens
+    m = np.zeros(seq_length, dtype=np.float32)
+    if n > 1:
+        m[: n - 1] = 1.0 if mask is None else np.asarray(mask, dtype=np.float32)[: n - 1]
+    return out, m
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -212,3 +223,37 @@ def length_buckets(
         else:
             buckets.append((L, [(tokens, mask)]))
     return buckets
+
+
+# -- evaluation sets: prompts for tools/evaluate.py, whole jsonl sets for eval packs --------------------
+
+
+def prompt_samples(path: str, tokenize, seq_length: int, max_records: int = 0):
+    """Context/target records as samples (tokens [n, s+1], mask [n, s]) via the oracle's prompt masking."""
+    tokens, masks, skipped = [], [], 0
+    for line in iter_lines(path):
+        status, rec = parse_record(line, [])
+        ok = status == "ok" and isinstance(rec.get("context"), str) and isinstance(rec.get("target"), str)
+        s = prompt_sample(tokenize, rec, seq_length) if ok and rec["target"].strip() else None
+        if s is None or s[1].sum() == 0:
+            skipped += 1
+            continue
+        tokens.append(s[0])
+        masks.append(s[1])
+        if max_records and len(tokens) >= max_records:
+            break
+    if not tokens:
+        raise GMError(f"{path}: no usable context/target records ({skipped} skipped)")
+    return np.stack(tokens), np.stack(masks), skipped
+
+
+def windows_from_jsonl(path: str, tokenize, eod: int, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every packed window of a text jsonl (all of them: the reference set's packing, no subset)."""
+    ref = build_reference(path, tokenize, eod, seq_length, 1 << 62, 0)
+    return ref.tokens, ref.mask
+
+
+def prompts_from_jsonl(path: str, tokenize, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One target-masked sample per context/target record."""
+    tokens, mask, _ = prompt_samples(path, tokenize, seq_length)
+    return tokens, mask
