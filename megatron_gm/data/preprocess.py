@@ -9,6 +9,7 @@ We add a sidecar ``{...}_document.gm.json`` with each document's input id and th
 - Pipeline: the main process reads blocks of input (a feeder thread), ``--workers`` processes forked
   after the tokenizer is built tokenize whole blocks (``megatron_gm.data.fast_encode``), and the main
   process writes each block's tokens in input order, so output bytes do not depend on ``--workers``.
+  Workers die with the main process, even when it is killed (``SIGKILL``).
 - Lines that are not UTF-8, not JSON, lack a key, hold a lone UTF-16 surrogate or are empty are skipped
   and counted; a run that writes no document is an error. Outputs are written under temporary names
   and renamed at the end, so an interrupted or failed run leaves nothing at the output prefix.
@@ -17,8 +18,10 @@ We add a sidecar ``{...}_document.gm.json`` with each document's input id and th
 from __future__ import annotations
 
 import argparse
+import ctypes
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,7 +94,7 @@ def _records(task):
 
 
 def encode_task(task):
-    """Tokenize one task: (skipped counts, ids, [(tokens, lengths) per key]) of its kept documents."""
+    """Tokenize one task: (skipped counts, ids, [(tokens, lengths) per key], (pid, CPU s so far))."""
     keys, encoder, eod, dtype = _STATE["keys"], _STATE["encoder"], _STATE["eod"], _STATE["dtype"]
     skipped: Counter[str] = Counter()
     ids, texts = [], {k: [] for k in keys}
@@ -116,7 +119,7 @@ def encode_task(task):
         if eod is not None and len(lengths):
             tokens, lengths = np.insert(tokens, np.cumsum(lengths), eod), lengths + 1
         out.append((tokens.astype(dtype, copy=False), lengths))
-    return dict(skipped), ids, out
+    return dict(skipped), ids, out, (os.getpid(), time.process_time())
 
 
 # --- main side -------------------------------------------------------------------------------
@@ -136,13 +139,23 @@ def iter_tasks(paths: list[Path], keys: list[str], id_key: str | None):
                 yield "lines", label, first, block
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the kernel kills this worker when the main process dies, however it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: workers still end when the main process ends normally
+    if os.getppid() != parent:  # the main process died before prctl took effect
+        os._exit(1)
+
+
 def _encoded(args, paths, ctx):
     tasks = iter_tasks(paths, args.json_keys, args.id_key)
     if ctx is None:
         yield from map(encode_task, tasks)
         return
     # fork: the workers inherit the imports and the tokenizer built above, and start at once
-    with ctx.Pool(args.workers) as pool:
+    with ctx.Pool(args.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         try:
             yield from pool.imap(encode_task, tasks, chunksize=1)
         finally:
@@ -201,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     skipped: Counter[str] = Counter()
     ids: list[str] = []
     n_tok = [0] * len(prefixes)
-    start = time.time()
+    worker_cpu: dict[int, float] = {}  # each worker's CPU seconds (its last task's report)
+    start, start_cpu = time.time(), time.process_time()
     bar = tqdm(desc="preprocess", unit="doc", mininterval=1.0, disable=None)
     try:
         builders = [IndexedDatasetBuilder(f"{t}.bin", dtype=_dtype_for(vocab)) for t in tmps]
-        for task_skipped, task_ids, per_key in _encoded(args, paths, ctx):
+        for task_skipped, task_ids, per_key, (pid, pid_cpu) in _encoded(args, paths, ctx):
             skipped.update(task_skipped)
+            worker_cpu[pid] = pid_cpu
             take = len(task_ids)
             if args.max_docs:
                 take = min(take, args.max_docs - len(ids))
@@ -240,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         for t in tmps:
             for e in (".bin", ".idx"):
                 Path(f"{t}{e}").unlink(missing_ok=True)
-    dt = time.time() - start
+    dt, parent_cpu = time.time() - start, time.process_time() - start_cpu
+    if ctx is None:  # one worker in this process: its CPU is the parent's
+        worker_cpu = {}
     for info in infos:
         print(f"wrote {info.prefix}.bin/.idx (fingerprint {info.fingerprint})")
     skip_txt = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
     print(
         f"summary: docs={len(ids)} tokens={sum(n_tok)} skipped={sum(skipped.values())} ({skip_txt}) "
         f"startup={start - t_start:.1f}s seconds={dt:.2f} docs/s={len(ids) / dt:,.0f} "
-        f"tokens/s={sum(n_tok) / dt:,.0f} workers={args.workers} tokenizer_path={_STATE['encoder'].path}"
+        f"tokens/s={sum(n_tok) / dt:,.0f} workers={args.workers} tokenizer_path={_STATE['encoder'].path} "
+        f"parent_cpu={parent_cpu:.2f} worker_cpu={','.join(f'{c:.2f}' for c in sorted(worker_cpu.values()))}"
     )
     return 0

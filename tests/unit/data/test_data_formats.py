@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -186,6 +187,52 @@ def _children() -> set[int]:
         if stat.rsplit(")", 1)[1].split()[1] == me:
             kids.add(int(pid))
     return kids
+
+
+def _alive_children_of(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` or that ``pid`` left behind (reparented), not yet zombies."""
+    kids = set()
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            kids.add(int(p))
+    return kids
+
+
+def test_workers_die_when_the_main_process_is_killed(env, tmp_path):
+    d, corpus = env
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(corpus.read_bytes() * 300)  # long enough that the workers are busy when we kill
+    cmd = [sys.executable, str(ROOT / "tools/preprocess_data.py"), "--input", str(big), "--output-prefix"]
+    cmd += [str(tmp_path / "k"), "--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model"]
+    cmd += [str(d / "bpe.model"), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(6000):  # the workers appear after the imports and the tokenizer (slow under load)
+            workers = _alive_children_of(proc.pid)
+            if len(workers) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert len(workers) >= 2 and proc.poll() is None, "the run ended before its workers were seen"
+    finally:
+        proc.kill()
+        proc.wait()
+    for _ in range(200):
+        left = {w for w in workers if Path(f"/proc/{w}").exists() and _state(w) != "Z"}
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"workers {left} outlived the killed main process"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "Z"
 
 
 def test_nothing_outlives_and_no_temporaries_after_an_error(env, tmp_path, capsys):
