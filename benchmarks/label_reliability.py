@@ -74,28 +74,12 @@ def collect_rows(argv: list[str], rows_path: Path) -> None:
     """Inside torchrun: per-example reference losses [K, T+1, n, 2] of K probed trajectories."""
     import torch
 
-    from megatron_gm.megatron import runtime
-    from megatron_gm.megatron.samples import SampleFormat
     from megatron_gm.oracle import cli
     from megatron_gm.oracle.collect import step_seed
-    from megatron_gm.oracle.megatron_engine import MegatronEngine
 
     p = cli.prepare(argv)
-    args, cfg, ckpt, dataset, source, ref, tok = (
-        p.args,
-        p.cfg,
-        p.ckpt,
-        p.dataset,
-        p.source,
-        p.reference,
-        p.tokenizer,
-    )
-    args.use_checkpoint_opt_param_scheduler = True
-    runtime.initialize()
-    session = runtime.build(args)
-    increment = ckpt.saved("global_batch_size") or args.global_batch_size
-    eng = MegatronEngine(session, dataset, SampleFormat.from_args(args, tok.eod), ref,
-                         ref_micro_batch_size=cfg.ref_micro_batch_size, scheduler_increment=increment)  # fmt: skip
+    source, ref = p.source, p.reference
+    _, eng, _ = cli.build_engine(p)
     docs = source.documents(np.arange(source.num_trajectories))
     start = time.perf_counter()
     eng.restore()
@@ -109,7 +93,7 @@ def collect_rows(argv: list[str], rows_path: Path) -> None:
             rows[k, t + 1] = eng.reference_example_losses()
     if torch.distributed.get_rank() == 0:
         meta = {"seconds": time.perf_counter() - start, "layout": ref.layout, "source": ref.source,
-                "iteration": ckpt.iteration, "evaluated_tokens": ref.evaluated_tokens,
+                "iteration": p.ckpt.iteration, "evaluated_tokens": ref.evaluated_tokens,
                 "load_average": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
         np.savez(rows_path, rows=rows, meta=json.dumps(meta))
 

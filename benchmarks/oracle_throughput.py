@@ -147,28 +147,12 @@ PARTS = ("restore", "probe_step", "reference_pass", "trajectory")
 def measure(argv: list[str], reps: int) -> dict:
     import torch
 
-    from megatron_gm.megatron import runtime
-    from megatron_gm.megatron.samples import SampleFormat
     from megatron_gm.oracle import cli
     from megatron_gm.oracle.collect import collect_shard
-    from megatron_gm.oracle.megatron_engine import MegatronEngine
 
     p = cli.prepare(argv)
-    args, cfg, ckpt, dataset, source, ref, tok = (
-        p.args,
-        p.cfg,
-        p.ckpt,
-        p.dataset,
-        p.source,
-        p.reference,
-        p.tokenizer,
-    )
-    args.use_checkpoint_opt_param_scheduler = True
-    runtime.initialize()
-    s = runtime.build(args)
-    gbs = ckpt.saved("global_batch_size")
-    eng = MegatronEngine(s, dataset, SampleFormat.from_args(args, tok.eod), ref,
-                         ref_micro_batch_size=cfg.ref_micro_batch_size, scheduler_increment=gbs)  # fmt: skip
+    args, cfg, ckpt, source, ref = p.args, p.cfg, p.ckpt, p.source, p.reference
+    s, eng, gbs = cli.build_engine(p)
     if not eng.direct:
         raise GMError("benchmarks/oracle_throughput.py: run it with one process (no TP/PP/CP)")
     ids = np.arange(source.num_trajectories)

@@ -241,32 +241,42 @@ def megatron_group():
     )
 
 
-def run(argv: list[str]) -> dict:
-    import torch
+def build_engine(prep: Prepared, **engine_kwargs):
+    """Start Megatron on ``prep``'s args, load the stage checkpoint and wrap it in the probe engine.
 
+    Returns (session, engine, scheduler increment); ``engine_kwargs`` go to ``MegatronEngine``."""
     from megatron_gm.megatron import runtime
     from megatron_gm.megatron.samples import SampleFormat
-    from megatron_gm.oracle.collect import collect
     from megatron_gm.oracle.megatron_engine import MegatronEngine
-    from megatron_gm.oracle.store import label_stats, load_oracle
 
-    prep = prepare(argv)
-    args, cfg, ckpt, inherited, info = prep.args, prep.cfg, prep.ckpt, prep.inherited, prep.info
-    dataset, source, reference, tokenizer = prep.dataset, prep.source, prep.reference, prep.tokenizer
+    args, ckpt = prep.args, prep.ckpt
     if not args.override_opt_param_scheduler:
         args.use_checkpoint_opt_param_scheduler = True  # the LR schedule position and shape of the checkpoint
     runtime.initialize()
     session = runtime.build(args)
-    rank0 = torch.distributed.get_rank() == 0
     if session.iteration != ckpt.iteration:
         raise GMError(f"{args.load}: loaded iteration {session.iteration}, expected {ckpt.iteration}")
-    if rank0 and inherited:
-        print(f"oracle: from the checkpoint's args: {' '.join(inherited)}", flush=True)
     increment = ckpt.saved("global_batch_size") or args.global_batch_size
     engine = MegatronEngine(
-        session, dataset, SampleFormat.from_args(args, tokenizer.eod), reference,
-        ref_micro_batch_size=cfg.ref_micro_batch_size, scheduler_increment=increment,
+        session, prep.dataset, SampleFormat.from_args(args, prep.tokenizer.eod), prep.reference,
+        ref_micro_batch_size=prep.cfg.ref_micro_batch_size, scheduler_increment=increment, **engine_kwargs,
     )  # fmt: skip
+    return session, engine, increment
+
+
+def run(argv: list[str]) -> dict:
+    import torch
+
+    from megatron_gm.oracle.collect import collect
+    from megatron_gm.oracle.store import label_stats, load_oracle
+
+    prep = prepare(argv)
+    args, cfg, ckpt, inherited, info = prep.args, prep.cfg, prep.ckpt, prep.inherited, prep.info
+    source, reference = prep.source, prep.reference
+    session, engine, increment = build_engine(prep)
+    rank0 = torch.distributed.get_rank() == 0
+    if rank0 and inherited:
+        print(f"oracle: from the checkpoint's args: {' '.join(inherited)}", flush=True)
     train_step_s = None
     if cfg.time_train_steps > 0:
         mbs = ckpt.saved("micro_batch_size") or 1
