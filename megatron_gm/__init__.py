@@ -12,8 +12,10 @@ def install(cpu_shim: bool | None = None) -> None:
     local transformer implementation, no fused kernels) are added to ``sys.argv`` unless given; a
     command line that asks for NCCL or Transformer Engine stops here with one line naming the flags.
     """
+    from megatron_gm.dist import ensure_logging
     from megatron_gm.megatron.loader import install as _install
 
+    ensure_logging()  # a training script's lines; the tool's --log-level applies once Megatron parses it
     _install(cpu_shim)
     from megatron_gm.megatron import cpu_shim as shim
 
@@ -22,8 +24,9 @@ def install(cpu_shim: bool | None = None) -> None:
 
 
 def _add_cpu_flags(shim) -> None:
-    import os
     import sys
+
+    from megatron_gm.dist import get_logger
 
     needed = {flag[0]: flag[1] for flag in shim.CPU_FLAGS if len(flag) == 2}
     argv = sys.argv
@@ -41,5 +44,5 @@ def _add_cpu_flags(shim) -> None:
                 )
                 sys.exit(2)
     sys.argv, added = shim.with_cpu_flags(argv)
-    if added and int(os.environ.get("RANK", "0")) == 0:
-        print(f"megatron-gm: no CUDA, CPU shim on; added {' '.join(added)}", flush=True)
+    if added:
+        get_logger(__name__).info(f"megatron-gm: no CUDA, CPU shim on; added {' '.join(added)}")

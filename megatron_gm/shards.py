@@ -14,18 +14,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from megatron_gm.dist import EVERY_RANK, get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.fs import atomic_write_bytes, remove_stale_temporaries
 from megatron_gm.manifest import Manifest
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class ShardSet:
@@ -137,7 +137,7 @@ class ShardSet:
         """Remove the marker of a shard it no longer vouches for, so that a rerun redoes the shard."""
         try:
             self.marker(i).unlink()
-            log.warning("%s: withdrew the marker of a damaged shard", self.marker(i))
+            log.warning("%s: withdrew the marker of a damaged shard", self.marker(i), extra=EVERY_RANK)
         except OSError:
             pass
 

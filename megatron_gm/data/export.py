@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from megatron_gm.data.indexed import _dtype_for, finish_indexed_dataset, load_dataset_info, sidecar_path
+from megatron_gm.dist import add_log_level_arg, tool_logging
 from megatron_gm.errors import GMError, cli_main
 from megatron_gm.fs import atomic_write_text, sha256_file
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", required=True, help="selection folder written by tools/select_data.py")
     p.add_argument("--output-prefix", required=True, help="prefix of the exported .bin/.idx")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_log_level_arg(p)
     return p
 
 
@@ -112,11 +114,12 @@ def export_selection(data_path: str, selection: str, output_prefix: str, overwri
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rec = export_selection(args.data_path, args.selection, args.output_prefix, args.overwrite)
-    print(
-        f"wrote {rec['prefix']}.bin/.idx ({rec['num_docs']} documents, {rec['num_tokens']} tokens, "
-        f"fingerprint {rec['fingerprint']}) from selection {rec['selection']} ({rec['selection_digest']}) "
-        f"of {rec['source_dataset']} "
-        f"(fingerprint {rec['source_fingerprint']}); train on it with --data-path {rec['prefix']}"
-    )
-    return 0
+    with tool_logging(args.log_level):
+        rec = export_selection(args.data_path, args.selection, args.output_prefix, args.overwrite)
+        print(
+            f"wrote {rec['prefix']}.bin/.idx ({rec['num_docs']} documents, {rec['num_tokens']} tokens, "
+            f"fingerprint {rec['fingerprint']}) from selection {rec['selection']} ({rec['selection_digest']}) "
+            f"of {rec['source_dataset']} "
+            f"(fingerprint {rec['source_fingerprint']}); train on it with --data-path {rec['prefix']}"
+        )
+        return 0

@@ -17,12 +17,13 @@ Megatron's ``tokenize`` on real text and on whitespace edge cases.
 
 from __future__ import annotations
 
-import logging
 from itertools import chain, repeat
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from megatron_gm.dist import get_logger
+
+log = get_logger(__name__)
 
 MAX_WORDS = 2_000_000  # remembered words per worker before the memory is cleared
 

@@ -33,6 +33,7 @@ from megatron_gm.data import jsonl
 from megatron_gm.data.fast_encode import make_encoder
 from megatron_gm.data.indexed import _dtype_for, finish_indexed_dataset
 from megatron_gm.data.tokenizer import TOKENIZER_TYPES, build_tokenizer, tokenizer_spec
+from megatron_gm.dist import add_log_level_arg, tool_logging
 from megatron_gm.errors import GMError, cli_main
 
 BLOCK_BYTES = 1 << 21  # jsonl bytes per worker task
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     g.add_argument("--log-interval", type=int, default=1000, help="update progress every N documents")
     g.add_argument("--max-docs", type=int, default=None, help="stop after N documents (for quick runs)")
+    add_log_level_arg(p)
     return p
 
 
@@ -191,80 +193,81 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.time()
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        raise GMError(f"--workers must be >= 1, got {args.workers}")
-    paths = jsonl.expand_inputs(args.input)
-    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)  # fail fast
-    vocab = args.vocab_size or tokenizer.vocab_size
-    spec = tokenizer_spec(args.tokenizer_type, args.tokenizer_model, vocab)
-    prefixes = output_prefixes(args)
-    for prefix in prefixes:
-        existing = [f"{prefix}{e}" for e in (".bin", ".idx", ".gm.json") if Path(f"{prefix}{e}").exists()]
-        if existing and not args.overwrite:
-            raise GMError(
-                f"{existing[0]}: exists; pass --overwrite to replace it or choose another --output-prefix"
-            )
-    out_dir = Path(args.output_prefix).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _setup(args, tokenizer, _dtype_for(vocab))
-    ctx = _fork_context(args.workers)
-    source = os.path.abspath(paths[0]) if len(paths) == 1 else " ".join(os.path.abspath(p) for p in paths)
-    tmps = [str(out_dir / f".tmp{os.getpid()}_{Path(p).name}") for p in prefixes]
+    with tool_logging(args.log_level):
+        if args.workers < 1:
+            raise GMError(f"--workers must be >= 1, got {args.workers}")
+        paths = jsonl.expand_inputs(args.input)
+        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)  # fail fast
+        vocab = args.vocab_size or tokenizer.vocab_size
+        spec = tokenizer_spec(args.tokenizer_type, args.tokenizer_model, vocab)
+        prefixes = output_prefixes(args)
+        for prefix in prefixes:
+            existing = [f"{prefix}{e}" for e in (".bin", ".idx", ".gm.json") if Path(f"{prefix}{e}").exists()]
+            if existing and not args.overwrite:
+                raise GMError(
+                    f"{existing[0]}: exists; pass --overwrite to replace it or choose another --output-prefix"
+                )
+        out_dir = Path(args.output_prefix).parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _setup(args, tokenizer, _dtype_for(vocab))
+        ctx = _fork_context(args.workers)
+        source = os.path.abspath(paths[0]) if len(paths) == 1 else " ".join(os.path.abspath(p) for p in paths)
+        tmps = [str(out_dir / f".tmp{os.getpid()}_{Path(p).name}") for p in prefixes]
 
-    skipped: Counter[str] = Counter()
-    ids: list[str] = []
-    n_tok = [0] * len(prefixes)
-    worker_cpu: dict[int, float] = {}  # each worker's CPU seconds (its last task's report)
-    start, start_cpu = time.time(), time.process_time()
-    bar = tqdm(desc="preprocess", unit="doc", mininterval=1.0, disable=None)
-    try:
-        builders = [IndexedDatasetBuilder(f"{t}.bin", dtype=_dtype_for(vocab)) for t in tmps]
-        for task_skipped, task_ids, per_key, (pid, pid_cpu) in _encoded(args, paths, ctx):
-            skipped.update(task_skipped)
-            worker_cpu[pid] = pid_cpu
-            take = len(task_ids)
-            if args.max_docs:
-                take = min(take, args.max_docs - len(ids))
-            for k, (b, (tokens, lengths)) in enumerate(zip(builders, per_key)):
-                if take < len(lengths):
-                    tokens, lengths = tokens[: int(lengths[:take].sum())], lengths[:take]
-                add_block(b, tokens, lengths)
-                n_tok[k] += len(tokens)
-            ids.extend(task_ids[:take])
-            bar.update(take)
-            if len(ids) // args.log_interval != (len(ids) - take) // args.log_interval:
-                dt = max(time.time() - start, 1e-9)
-                bar.set_postfix(tok_s=f"{sum(n_tok) / dt:,.0f}", skipped=sum(skipped.values()))
-            if args.max_docs and len(ids) >= args.max_docs:
-                break
-        bar.close()
-        if not ids:
-            reasons = ", ".join(f"{k}={v}" for k, v in skipped.items()) or "no lines"
-            raise GMError(
-                f"{' '.join(args.input)}: no document written ({reasons}); check --json-keys "
-                f"{' '.join(args.json_keys)} and that the input is UTF-8 {jsonl.FORMATS}"
-            )
-        for b, t in zip(builders, tmps):
-            b.finalize(f"{t}.idx")
-        infos = [
-            finish_indexed_dataset(t, p, len(ids), n, spec, source, ids)
-            for t, p, n in zip(tmps, prefixes, n_tok)
-        ]
-    finally:
-        bar.close()
-        for t in tmps:
-            for e in (".bin", ".idx"):
-                Path(f"{t}{e}").unlink(missing_ok=True)
-    dt, parent_cpu = time.time() - start, time.process_time() - start_cpu
-    if ctx is None:  # one worker in this process: its CPU is the parent's
-        worker_cpu = {}
-    for info in infos:
-        print(f"wrote {info.prefix}.bin/.idx (fingerprint {info.fingerprint})")
-    skip_txt = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
-    print(
-        f"summary: docs={len(ids)} tokens={sum(n_tok)} skipped={sum(skipped.values())} ({skip_txt}) "
-        f"startup={start - t_start:.1f}s seconds={dt:.2f} docs/s={len(ids) / dt:,.0f} "
-        f"tokens/s={sum(n_tok) / dt:,.0f} workers={args.workers} tokenizer_path={_STATE['encoder'].path} "
-        f"parent_cpu={parent_cpu:.2f} worker_cpu={','.join(f'{c:.2f}' for c in sorted(worker_cpu.values()))}"
-    )
-    return 0
+        skipped: Counter[str] = Counter()
+        ids: list[str] = []
+        n_tok = [0] * len(prefixes)
+        worker_cpu: dict[int, float] = {}  # each worker's CPU seconds (its last task's report)
+        start, start_cpu = time.time(), time.process_time()
+        bar = tqdm(desc="preprocess", unit="doc", mininterval=1.0, disable=None)
+        try:
+            builders = [IndexedDatasetBuilder(f"{t}.bin", dtype=_dtype_for(vocab)) for t in tmps]
+            for task_skipped, task_ids, per_key, (pid, pid_cpu) in _encoded(args, paths, ctx):
+                skipped.update(task_skipped)
+                worker_cpu[pid] = pid_cpu
+                take = len(task_ids)
+                if args.max_docs:
+                    take = min(take, args.max_docs - len(ids))
+                for k, (b, (tokens, lengths)) in enumerate(zip(builders, per_key)):
+                    if take < len(lengths):
+                        tokens, lengths = tokens[: int(lengths[:take].sum())], lengths[:take]
+                    add_block(b, tokens, lengths)
+                    n_tok[k] += len(tokens)
+                ids.extend(task_ids[:take])
+                bar.update(take)
+                if len(ids) // args.log_interval != (len(ids) - take) // args.log_interval:
+                    dt = max(time.time() - start, 1e-9)
+                    bar.set_postfix(tok_s=f"{sum(n_tok) / dt:,.0f}", skipped=sum(skipped.values()))
+                if args.max_docs and len(ids) >= args.max_docs:
+                    break
+            bar.close()
+            if not ids:
+                reasons = ", ".join(f"{k}={v}" for k, v in skipped.items()) or "no lines"
+                raise GMError(
+                    f"{' '.join(args.input)}: no document written ({reasons}); check --json-keys "
+                    f"{' '.join(args.json_keys)} and that the input is UTF-8 {jsonl.FORMATS}"
+                )
+            for b, t in zip(builders, tmps):
+                b.finalize(f"{t}.idx")
+            infos = [
+                finish_indexed_dataset(t, p, len(ids), n, spec, source, ids)
+                for t, p, n in zip(tmps, prefixes, n_tok)
+            ]
+        finally:
+            bar.close()
+            for t in tmps:
+                for e in (".bin", ".idx"):
+                    Path(f"{t}{e}").unlink(missing_ok=True)
+        dt, parent_cpu = time.time() - start, time.process_time() - start_cpu
+        if ctx is None:  # one worker in this process: its CPU is the parent's
+            worker_cpu = {}
+        for info in infos:
+            print(f"wrote {info.prefix}.bin/.idx (fingerprint {info.fingerprint})")
+        skip_txt = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
+        print(
+            f"summary: docs={len(ids)} tokens={sum(n_tok)} skipped={sum(skipped.values())} ({skip_txt}) "
+            f"startup={start - t_start:.1f}s seconds={dt:.2f} docs/s={len(ids) / dt:,.0f} "
+            f"tokens/s={sum(n_tok) / dt:,.0f} workers={args.workers} tokenizer_path={_STATE['encoder'].path} "
+            f"parent_cpu={parent_cpu:.2f} worker_cpu={','.join(f'{c:.2f}' for c in sorted(worker_cpu.values()))}"
+        )
+        return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from megatron_gm.data import jsonl
 from megatron_gm.data.indexed import DatasetInfo, compute_fingerprint, sidecar_path
 from megatron_gm.data.tokenizer import TOKENIZER_TYPES, tokenizer_spec
+from megatron_gm.dist import add_log_level_arg, tool_logging
 from megatron_gm.errors import GMError, cli_main
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-key", default="id", help="key of each record's id (FILE:LINE when absent)")
     p.add_argument("--source", default="", help="recorded as the source when --input is not given")
     p.add_argument("--overwrite", action="store_true")
+    add_log_level_arg(p)
     return p
 
 
@@ -75,35 +77,38 @@ def ids_from_inputs(inputs, keys: list[str], id_key: str | None, n_docs: int) ->
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    prefix = args.data_path
-    if not Path(f"{prefix}.idx").exists() or not Path(f"{prefix}.bin").exists():
-        raise GMError(f"{prefix}.idx: dataset not found; pass the prefix without .bin/.idx as --data-path")
-    if args.tokenizer_type == "NullTokenizer":
-        if not args.vocab_size:
-            raise GMError("--tokenizer-type NullTokenizer needs --vocab-size")
-    elif not args.tokenizer_model or not os.path.isfile(args.tokenizer_model):
-        raise GMError(
-            f"{args.tokenizer_model}: tokenizer model not found; pass the --tokenizer-model the dataset "
-            "was made with"
+    with tool_logging(args.log_level):
+        prefix = args.data_path
+        if not Path(f"{prefix}.idx").exists() or not Path(f"{prefix}.bin").exists():
+            raise GMError(
+                f"{prefix}.idx: dataset not found; pass the prefix without .bin/.idx as --data-path"
+            )
+        if args.tokenizer_type == "NullTokenizer":
+            if not args.vocab_size:
+                raise GMError("--tokenizer-type NullTokenizer needs --vocab-size")
+        elif not args.tokenizer_model or not os.path.isfile(args.tokenizer_model):
+            raise GMError(
+                f"{args.tokenizer_model}: tokenizer model not found; pass the --tokenizer-model the dataset "
+                "was made with"
+            )
+        if sidecar_path(prefix).exists() and not args.overwrite:
+            raise GMError(f"{sidecar_path(prefix)}: exists; pass --overwrite to replace it")
+        n_docs, n_tokens = read_index(prefix)
+        if args.input:
+            paths = jsonl.expand_inputs(args.input)
+            ids = ids_from_inputs(paths, args.json_keys, args.id_key, n_docs)
+            source = " ".join(os.path.abspath(p) for p in paths)
+        else:
+            ids, source = [str(i) for i in range(n_docs)], args.source
+        info = DatasetInfo(
+            prefix=prefix,
+            fingerprint=compute_fingerprint(prefix),
+            num_docs=n_docs,
+            num_tokens=n_tokens,
+            source=source,
+            ids=ids,
+            tokenizer=tokenizer_spec(args.tokenizer_type, args.tokenizer_model, args.vocab_size),
         )
-    if sidecar_path(prefix).exists() and not args.overwrite:
-        raise GMError(f"{sidecar_path(prefix)}: exists; pass --overwrite to replace it")
-    n_docs, n_tokens = read_index(prefix)
-    if args.input:
-        paths = jsonl.expand_inputs(args.input)
-        ids = ids_from_inputs(paths, args.json_keys, args.id_key, n_docs)
-        source = " ".join(os.path.abspath(p) for p in paths)
-    else:
-        ids, source = [str(i) for i in range(n_docs)], args.source
-    info = DatasetInfo(
-        prefix=prefix,
-        fingerprint=compute_fingerprint(prefix),
-        num_docs=n_docs,
-        num_tokens=n_tokens,
-        source=source,
-        ids=ids,
-        tokenizer=tokenizer_spec(args.tokenizer_type, args.tokenizer_model, args.vocab_size),
-    )
-    info.save()
-    print(f"wrote {sidecar_path(prefix)} (fingerprint {info.fingerprint}, {n_docs} documents)")
-    return 0
+        info.save()
+        print(f"wrote {sidecar_path(prefix)} (fingerprint {info.fingerprint}, {n_docs} documents)")
+        return 0

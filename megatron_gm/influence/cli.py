@@ -7,6 +7,7 @@ import json
 import os
 
 from megatron_gm.config import add_dataclass_args, from_namespace
+from megatron_gm.dist import add_log_level_arg, is_rank0, tool_logging
 from megatron_gm.errors import cli_main
 
 
@@ -26,6 +27,7 @@ def train_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_args(p, TrainConfig)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch default)")
+    add_log_level_arg(p)
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -34,16 +36,17 @@ def train_parser() -> argparse.ArgumentParser:
 def train_main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the config's module imports the encoder's libraries
     args = train_parser().parse_args(argv)
-    _threads(args.threads)
-    from megatron_gm.influence.train import TrainConfig, summary, train_influence_model
+    with tool_logging(args.log_level):
+        _threads(args.threads)
+        from megatron_gm.influence.train import TrainConfig, summary, train_influence_model
 
-    result = train_influence_model(from_namespace(TrainConfig, args))
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(summary(result), flush=True)
-        print(f"model: {args.output} (metrics in {os.path.join(args.output, 'metrics.json')})", flush=True)
-    return 0
+        result = train_influence_model(from_namespace(TrainConfig, args))
+        if is_rank0():
+            print(summary(result), flush=True)
+            print(
+                f"model: {args.output} (metrics in {os.path.join(args.output, 'metrics.json')})", flush=True
+            )
+        return 0
 
 
 def bootstrap_parser() -> argparse.ArgumentParser:
@@ -55,6 +58,7 @@ def bootstrap_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_args(p, BootstrapConfig)
     p.add_argument("--threads", type=int, default=0)
+    add_log_level_arg(p)
     return p
 
 
@@ -62,8 +66,9 @@ def bootstrap_parser() -> argparse.ArgumentParser:
 def bootstrap_main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the config's module imports the encoder's libraries
     args = bootstrap_parser().parse_args(argv)
-    _threads(args.threads)
-    from megatron_gm.influence.bootstrap import BootstrapConfig, run_bootstrap
+    with tool_logging(args.log_level):
+        _threads(args.threads)
+        from megatron_gm.influence.bootstrap import BootstrapConfig, run_bootstrap
 
-    print(json.dumps(run_bootstrap(from_namespace(BootstrapConfig, args)), indent=2), flush=True)
-    return 0
+        print(json.dumps(run_bootstrap(from_namespace(BootstrapConfig, args)), indent=2), flush=True)
+        return 0

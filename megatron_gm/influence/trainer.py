@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_gm.dist import get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.influence import dist as gdist
 from megatron_gm.influence.data import (
@@ -25,6 +26,8 @@ from megatron_gm.influence.model import (
 from megatron_gm.influence.train_config import DEFAULT_EPOCHS, DEFAULT_LR, TrainConfig
 from megatron_gm.manifest import Manifest
 from megatron_gm.stats import spearman_ci
+
+log = get_logger(__name__)
 
 # -- DeepSpeed config ----------------------------------------------------------------------------------
 
@@ -216,8 +219,7 @@ class Run:
                 str(ckpt_dir), load_optimizer_states=True, load_lr_scheduler_states=True
             )
             state.update({k: client[k] for k in state if k in client})
-            if self.rank == 0:
-                print(f"resumed {self.workdir.name} from step {state['step']}", flush=True)
+            log.info(f"resumed {self.workdir.name} from step {state['step']}")
         eval_every = cfg.eval_interval or steps_per_epoch
         manifest = self.manifest(model_config)
         bar = tqdm(

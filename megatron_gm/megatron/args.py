@@ -16,11 +16,13 @@ import dataclasses
 import os
 from collections.abc import Callable
 
+from megatron_gm.dist import add_log_level_arg, get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.fs import sha256_files
 from megatron_gm.megatron import eval_hook
 
 GROUP_TITLE = "megatron-gm (Group-MATES data selection)"
+log = get_logger(__name__)
 
 
 def _stage_flags(group) -> None:
@@ -77,6 +79,7 @@ def add_gm_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group(title=GROUP_TITLE)
     for section in FLAG_SECTIONS:
         section(group)
+    add_log_level_arg(group)
     return parser
 
 
@@ -267,12 +270,10 @@ def validate_gm_args(args, for_training: bool = True) -> None:
             raise GMError("--gm-selection selects documents of --data-path; drop --mock-data")
         _, manifest = load_stage_selection(args)
         if manifest.iteration is not None and manifest.iteration != args.gm_stage_start_iter:
-            if getattr(args, "rank", 0) == 0:
-                print(
-                    f"megatron-gm: warning: {args.gm_selection} was made from the checkpoint at iteration "
-                    f"{manifest.iteration}, but stage {args.gm_stage} starts at iteration {args.gm_stage_start_iter}",
-                    flush=True,
-                )
+            log.warning(
+                f"megatron-gm: warning: {args.gm_selection} was made from the checkpoint at iteration "
+                f"{manifest.iteration}, but stage {args.gm_stage} starts at iteration {args.gm_stage_start_iter}"
+            )
         args.gm_selection = os.path.abspath(args.gm_selection)
         args.gm_selection_digest = selection_digest(args.gm_selection)
     if args.gm_record_samples:

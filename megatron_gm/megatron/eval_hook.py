@@ -17,7 +17,10 @@ import json
 import os
 import time
 
+from megatron_gm.dist import get_logger
 from megatron_gm.errors import GMError
+
+log = get_logger(__name__)
 
 _state: dict = {}
 
@@ -120,7 +123,7 @@ def evaluate(model: list, iteration: int) -> dict | None:
         f.flush()
         os.fsync(f.fileno())
     brief = "  ".join(f"{k} {v['loss']:.4f}" for k, v in row["sets"].items())
-    print(f"megatron-gm eval at iteration {iteration}: {brief} ({row['seconds']:.1f} s)", flush=True)
+    log.info(f"megatron-gm eval at iteration {iteration}: {brief} ({row['seconds']:.1f} s)")
     return row
 
 

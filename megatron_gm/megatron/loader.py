@@ -26,12 +26,14 @@ import sys
 
 import numpy as np
 
+from megatron_gm.dist import get_logger, setup_logging
 from megatron_gm.errors import GMError
 from megatron_gm.megatron import eval_hook
 from megatron_gm.megatron.args import add_gm_args, check_data_inputs, load_stage_selection, validate_gm_args
 from megatron_gm.megatron.signals import chain_worker_init
 
 _installed: dict = {}
+log = get_logger(__name__)
 
 
 def install(cpu_shim: bool | None = None) -> None:
@@ -61,6 +63,7 @@ def install(cpu_shim: bool | None = None) -> None:
 
     @functools.wraps(arguments.validate_args)
     def validate_args(args, defaults={}):  # noqa: B006 - Megatron's signature
+        setup_logging(getattr(args, "log_level", "INFO"))  # --log-level, on every rank
         run_gm_validation(args, check_inputs)  # before Megatron's checks and its argument dump
         out = _installed["validate_args"](args, defaults)
         run_gm_validation(args)
@@ -301,7 +304,7 @@ def build_stage_dataset(train_ds, args):
             f"{args.gm_selection}: none of its documents lies in the training split (--split {args.split})"
         )
     if kept.size < docs.size:
-        _print_rank_0(
+        log.info(
             f"megatron-gm: {docs.size - kept.size} of {docs.size} selected documents lie in the validation/test "
             "split and are not trained on"
         )
@@ -311,7 +314,7 @@ def build_stage_dataset(train_ds, args):
     stage_ds = GPTDataset(train_ds.dataset, train_ds.dataset_path, kept, None, Split.train, config)
     if len(stage_ds) == 0:
         raise GMError(f"{args.gm_selection}: the selected documents hold fewer tokens than one sequence")
-    _print_rank_0(
+    log.info(
         f"megatron-gm: stage {args.gm_stage} trains on {kept.size} selected documents, {len(stage_ds)} samples a "
         f"pass, iterations {args.gm_stage_start_iter}..{args.gm_stage_end_iter or args.train_iters}"
     )
@@ -437,10 +440,3 @@ class RecordingLoader:
                 )
             )
         return "\n".join(out) + "\n"
-
-
-def _print_rank_0(msg: str) -> None:
-    import torch
-
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-        print(msg, flush=True)

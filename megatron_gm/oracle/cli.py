@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from megatron_gm.config import SettingError, add_dataclass_args, check_settings, from_namespace, setting
+from megatron_gm.dist import get_logger, is_rank0
 from megatron_gm.errors import GMError, cli_main
 from megatron_gm.fs import atomic_write_text
 from megatron_gm.megatron.args import is_number
 from megatron_gm.megatron.checkpoint_args import check_architecture, inherit_flags, pre_parse
 from megatron_gm.oracle.trajectories import DEFAULT_T, POLICIES
+
+log = get_logger(__name__)
 
 MIN_REFERENCE_TOKENS = 32  # below this the reference loss is too noisy to label anything
 SUMMARY = "summary.json"  # written last, once every shard is done: the store's completion marker
@@ -265,8 +268,6 @@ def build_engine(prep: Prepared, **engine_kwargs):
 
 
 def run(argv: list[str]) -> dict:
-    import torch
-
     from megatron_gm.oracle.collect import collect
     from megatron_gm.oracle.store import label_stats, load_oracle
 
@@ -274,9 +275,8 @@ def run(argv: list[str]) -> dict:
     args, cfg, ckpt, inherited, info = prep.args, prep.cfg, prep.ckpt, prep.inherited, prep.info
     source, reference = prep.source, prep.reference
     session, engine, increment = build_engine(prep)
-    rank0 = torch.distributed.get_rank() == 0
-    if rank0 and inherited:
-        print(f"oracle: from the checkpoint's args: {' '.join(inherited)}", flush=True)
+    if inherited:
+        log.info(f"oracle: from the checkpoint's args: {' '.join(inherited)}")
     train_step_s = None
     if cfg.time_train_steps > 0:
         mbs = ckpt.saved("micro_batch_size") or 1
@@ -304,7 +304,7 @@ def run(argv: list[str]) -> dict:
         step, ref = summary["probe_train_step_s"], summary["reference_loss_s"]
         if step is not None and ref is not None:  # a probe step = one 1-sample optimizer step + one L_ref
             summary["probe_step_over_train_step"] = (step + ref) / train_step_s
-    if rank0:
+    if is_rank0():
         if result.complete:
             summary["labels"] = label_stats(load_oracle(cfg.output, dataset_fingerprint=info.fingerprint))
             path = Path(cfg.output) / SUMMARY

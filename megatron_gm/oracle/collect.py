@@ -20,10 +20,13 @@ from typing import Protocol
 
 import numpy as np
 
+from megatron_gm.dist import get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
 from megatron_gm.oracle.trajectories import TrajectorySource
 from megatron_gm.shards import ShardSet
+
+log = get_logger(__name__)
 
 
 class ProbeEngine(Protocol):
@@ -181,11 +184,9 @@ def _progress_bar(todo: int, group: Group, enabled: bool, pending: int, num_shar
         return None
     from tqdm import tqdm
 
-    print(
+    log.info(
         f"oracle: {pending} of {num_shards} shards to probe over {group.dp_size} data-parallel group(s); "
-        f"the bar counts all groups (rank 0's progress x {group.dp_size})",
-        file=sys.stderr,
-        flush=True,
+        f"the bar counts all groups (rank 0's progress x {group.dp_size})"
     )
     return tqdm(
         total=todo,

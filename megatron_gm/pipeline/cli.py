@@ -22,6 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from megatron_gm.dist import add_log_level_arg, tool_logging
 from megatron_gm.errors import GMError, cli_main
 from megatron_gm.pipeline.config import PipelineConfig
 from megatron_gm.pipeline.estimate import (
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=10.0, help="slurm --wait: seconds between queue checks")
     p.add_argument("--verbose", action="store_true", help="local: show every phase's output")
     p.add_argument("--report", action="store_true", help="print the report of an existing run and exit")
+    add_log_level_arg(p)
     return p
 
 
@@ -156,75 +158,78 @@ def print_cost(cfg: PipelineConfig, phases: list[Phase]) -> None:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = make_config(args)
-    out = Path(args.out).resolve()
-    cfg.oracle.ref_data = reference_set(args, cfg)  # saved with the run: a rerun uses the same
-    ref = cfg.oracle.ref_data
-    cfg.validate(need_data=not args.dry_run)
-    phases = build_plan(cfg, out, ref)
-    state = RunState(out / "state.json") if (out / "state.json").exists() else None
-    name = out.name
+    with tool_logging(args.log_level):
+        cfg = make_config(args)
+        out = Path(args.out).resolve()
+        cfg.oracle.ref_data = reference_set(args, cfg)  # saved with the run: a rerun uses the same
+        ref = cfg.oracle.ref_data
+        cfg.validate(need_data=not args.dry_run)
+        phases = build_plan(cfg, out, ref)
+        state = RunState(out / "state.json") if (out / "state.json").exists() else None
+        name = out.name
 
-    if args.report:
-        from megatron_gm.pipeline.report import write_report
+        if args.report:
+            from megatron_gm.pipeline.report import write_report
 
-        if state is None:
-            raise GMError(f"{out}: no state.json; nothing has run there")
-        print(write_report(out, phases, state), end="")
-        return 0
+            if state is None:
+                raise GMError(f"{out}: no state.json; nothing has run there")
+            print(write_report(out, phases, state), end="")
+            return 0
 
-    if args.dry_run:
-        print_plan(cfg, phases, out, args.mode, state)
+        if args.dry_run:
+            print_plan(cfg, phases, out, args.mode, state)
+            if args.mode == "slurm":
+                from megatron_gm.pipeline.slurm import SlurmDriver
+
+                drv = SlurmDriver(phases, state or RunState(out / "state.json"), cfg.launch, out / "logs",
+                                  root=ROOT, run_name=name)  # fmt: skip
+                print("\nsbatch commands (dependencies shown as <phase>):")
+                for line in drv.plan_lines():
+                    print(line)
+            else:
+                from megatron_gm.pipeline.local import launch_argv
+                from megatron_gm.pipeline.run import python_exe
+
+                print("\ncommands:")
+                for p in phases:
+                    print(f"# {p.name}\n{shlex.join(launch_argv(p, python_exe(), ROOT))}")
+            print_cost(cfg, phases)
+            return 0
+
+        if args.mode == "slurm":  # before any work: a run without a controller would fail after it
+            from megatron_gm.pipeline.slurm import check_controller
+
+            print(f"[pipeline] Slurm: {check_controller()}")
+        if any(p.kind == "oracle" for p in phases) and not ref:
+            raise GMError(
+                "--ref is required: the oracle's reference set (jsonl[.gz]), or set oracle.ref_data"
+            )
+        if any(p.kind == "oracle" for p in phases) and not Path(ref).is_file():
+            raise GMError(f"{ref}: reference set not found; pass --ref <jsonl[.gz]> or set oracle.ref_data")
+        from megatron_gm.pipeline.run import open_run
+
+        state = open_run(out, cfg)
         if args.mode == "slurm":
             from megatron_gm.pipeline.slurm import SlurmDriver
 
-            drv = SlurmDriver(phases, state or RunState(out / "state.json"), cfg.launch, out / "logs",
-                              root=ROOT, run_name=name)  # fmt: skip
-            print("\nsbatch commands (dependencies shown as <phase>):")
-            for line in drv.plan_lines():
-                print(line)
+            drv = SlurmDriver(phases, state, cfg.launch, out / "logs", root=ROOT, run_name=name)
+            drv.submit()
+            if not args.wait:
+                print(
+                    f"[pipeline] submitted; state in {state.path}. Rerun with --wait to follow, --report to summarise."
+                )
+                return 0
+            drv.wait(poll=args.poll)
         else:
-            from megatron_gm.pipeline.local import launch_argv
-            from megatron_gm.pipeline.run import python_exe
+            from megatron_gm.pipeline.local import Interrupted, LocalExecutor
 
-            print("\ncommands:")
-            for p in phases:
-                print(f"# {p.name}\n{shlex.join(launch_argv(p, python_exe(), ROOT))}")
-        print_cost(cfg, phases)
+            try:
+                LocalExecutor(phases, state, out / "logs", root=ROOT, verbose=args.verbose).run()
+            except Interrupted as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 130
+        from megatron_gm.pipeline.report import write_report
+
+        print()
+        print(write_report(out, phases, state), end="")
         return 0
-
-    if args.mode == "slurm":  # before any work: a run without a controller would fail after it
-        from megatron_gm.pipeline.slurm import check_controller
-
-        print(f"[pipeline] Slurm: {check_controller()}")
-    if any(p.kind == "oracle" for p in phases) and not ref:
-        raise GMError("--ref is required: the oracle's reference set (jsonl[.gz]), or set oracle.ref_data")
-    if any(p.kind == "oracle" for p in phases) and not Path(ref).is_file():
-        raise GMError(f"{ref}: reference set not found; pass --ref <jsonl[.gz]> or set oracle.ref_data")
-    from megatron_gm.pipeline.run import open_run
-
-    state = open_run(out, cfg)
-    if args.mode == "slurm":
-        from megatron_gm.pipeline.slurm import SlurmDriver
-
-        drv = SlurmDriver(phases, state, cfg.launch, out / "logs", root=ROOT, run_name=name)
-        drv.submit()
-        if not args.wait:
-            print(
-                f"[pipeline] submitted; state in {state.path}. Rerun with --wait to follow, --report to summarise."
-            )
-            return 0
-        drv.wait(poll=args.poll)
-    else:
-        from megatron_gm.pipeline.local import Interrupted, LocalExecutor
-
-        try:
-            LocalExecutor(phases, state, out / "logs", root=ROOT, verbose=args.verbose).run()
-        except Interrupted as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 130
-    from megatron_gm.pipeline.report import write_report
-
-    print()
-    print(write_report(out, phases, state), end="")
-    return 0

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shlex
 import typing
 from pathlib import Path
 from typing import Any
 
 from megatron_gm.config import SettingError, check_settings, setting, tool_setting
+from megatron_gm.dist import get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.influence.bootstrap import BootstrapConfig
 from megatron_gm.influence.train import TrainConfig as InfluenceTrainConfig
 from megatron_gm.oracle.cli import OracleConfig
 from megatron_gm.selection.config import SelectConfig
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 
 
 @dataclasses.dataclass

@@ -27,13 +27,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import logging
 from pathlib import Path
 
+from megatron_gm.dist import get_logger
 from megatron_gm.pipeline.config import PipelineConfig
 from megatron_gm.pipeline.plan import Phase, round_count
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIBRATION = ROOT / "benchmarks" / "results" / "cost_calibration" / "results.json"

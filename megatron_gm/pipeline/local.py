@@ -15,10 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from megatron_gm.dist import get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.pipeline.plan import Phase, checkpoint_iteration, load_dir
 from megatron_gm.pipeline.run import phase_env, python_exe
 from megatron_gm.pipeline.state import RunState
+
+log = get_logger(__name__)
 
 STOP_GRACE_S = 60.0  # how long a phase may take to save after SIGTERM before it is killed
 
@@ -80,7 +83,7 @@ class LocalExecutor:
         root: str | os.PathLike,
         python: str | None = None,
         verbose: bool = False,
-        echo: Callable[[str], None] = lambda s: print(s, flush=True),
+        echo: Callable[[str], None] = log.info,
     ):
         self.phases = phases
         self.state = state

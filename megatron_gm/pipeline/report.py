@@ -20,10 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from megatron_gm.dist import add_log_level_arg, get_logger, tool_logging
 from megatron_gm.errors import GMError, cli_main
 from megatron_gm.fs import atomic_write_text
 from megatron_gm.pipeline.plan import Phase
 from megatron_gm.pipeline.state import RunState
+
+log = get_logger(__name__)
 
 # Megatron's log lines: " validation loss at iteration 100 | lm loss value: 5.123E+00 | ..." and
 # " [...] iteration  100/  200 | ... | lm loss: 5.432E+00 | ..."
@@ -279,7 +282,7 @@ def evaluate_run(out: Path, ref: str, prompts: str | None, *, ref_samples: int =
                 cmd += ["--gm-eval-prompts", prompts, "--gm-eval-prompts-max", str(prompts_max)]
             dest.parent.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "PYTHONPATH": str(root)}
-            print(f"[report] evaluating {row['phase']} ({ckpt})", flush=True)
+            log.info(f"[report] evaluating {row['phase']} ({ckpt})")
             r = subprocess.run(cmd, env=env, capture_output=True, text=True)
             (out / "eval" / f"{row['phase']}.log").write_text(r.stdout + r.stderr)
             if r.returncode != 0:
@@ -299,18 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", default=None, help="LAMBADA evaluation half (context/target jsonl)")
     p.add_argument("--ref-samples", type=int, default=128)
     p.add_argument("--prompts-max", type=int, default=500)
+    add_log_level_arg(p)
     a = p.parse_args(argv)
-    out = Path(a.run).resolve()
-    evaluate_run(out, a.ref, a.prompts, ref_samples=a.ref_samples, prompts_max=a.prompts_max)
-    from megatron_gm.pipeline.config import PipelineConfig
-    from megatron_gm.pipeline.plan import build_plan
+    with tool_logging(a.log_level):
+        out = Path(a.run).resolve()
+        evaluate_run(out, a.ref, a.prompts, ref_samples=a.ref_samples, prompts_max=a.prompts_max)
+        from megatron_gm.pipeline.config import PipelineConfig
+        from megatron_gm.pipeline.plan import build_plan
 
-    cfg = PipelineConfig.from_dict(json.loads((out / "config.json").read_text()))
-    phases = build_plan(cfg, out, cfg.oracle.ref_data)
-    text = write_report(out, phases, RunState(out / "state.json"))
-    print(text, end="")
-    print(f"[report] {out / 'report.txt'} (and report.json, report.png)")
-    return 0
+        cfg = PipelineConfig.from_dict(json.loads((out / "config.json").read_text()))
+        phases = build_plan(cfg, out, cfg.oracle.ref_data)
+        text = write_report(out, phases, RunState(out / "state.json"))
+        print(text, end="")
+        print(f"[report] {out / 'report.txt'} (and report.json, report.png)")
+        return 0
 
 
 if __name__ == "__main__":

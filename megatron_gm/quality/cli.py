@@ -16,28 +16,24 @@ import logging
 import sys
 
 from megatron_gm.config import add_dataclass_args, from_namespace
+from megatron_gm.dist import add_log_level_arg, tool_logging
 from megatron_gm.errors import cli_main
-from megatron_gm.quality.fasttext_filter import LOG, FilterConfig, run_filter
+from megatron_gm.quality.fasttext_filter import FilterConfig, run_filter
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quality_filter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    return add_dataclass_args(p, FilterConfig, show_defaults=True)
+    add_dataclass_args(p, FilterConfig, show_defaults=True)
+    add_log_level_arg(p)
+    return p
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("quality_filter: %(message)s"))
-    LOG.addHandler(handler)
-    LOG.setLevel(logging.INFO)
-    LOG.propagate = False
     logging.getLogger("megatron.core.datasets.indexed_dataset").setLevel(logging.WARNING)
-    try:
+    with tool_logging(args.log_level, sys.stderr, "quality_filter: %(message)s"):  # stderr, as before
         run_filter(from_namespace(FilterConfig, args))
-    finally:
-        LOG.removeHandler(handler)
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import time
@@ -27,11 +26,12 @@ import numpy as np
 
 from megatron_gm.config import check_settings, setting
 from megatron_gm.data.jsonl import iter_lines, parse_record
+from megatron_gm.dist import get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.fs import atomic_write_text, sha256_file
 from megatron_gm.selection.score_store import open_scores, read_shard, write_scores
 
-LOG = logging.getLogger(__name__)
+LOG = get_logger(__name__)
 POS, NEG = "__label__pos", "__label__neg"
 MODEL_FILE, REPORT_FILE = "fasttext.bin", "quality_filter.json"
 FT_ARGS = {"dim": "dim", "epoch": "epoch", "lr": "lr", "wordNgrams": "word_ngrams", "minCount": "min_count"}

@@ -20,6 +20,7 @@ import os
 import sys
 
 from megatron_gm.config import add_dataclass_args, from_namespace
+from megatron_gm.dist import add_log_level_arg, tool_logging
 from megatron_gm.errors import GMError, cli_main
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="select_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    return add_dataclass_args(p, SelectConfig)
+    add_dataclass_args(p, SelectConfig)
+    add_log_level_arg(p)
+    return p
 
 
 @cli_main
@@ -83,4 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[var] = str(threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    with tool_logging(args.log_level):
+        return run(args)

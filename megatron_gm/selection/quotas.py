@@ -9,13 +9,14 @@ clusters with the largest fractional parts (ties: the lower cluster index), so e
 
 from __future__ import annotations
 
-import logging
 import math
 from fractions import Fraction
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from megatron_gm.dist import get_logger
+
+log = get_logger(__name__)
 
 
 def exact_ratio(ratio: float) -> Fraction:

@@ -118,6 +118,15 @@ def test_deterministic_and_rerun_is_a_noop(pool, filtered, capsys):
     assert read_scores(filtered)[1].tobytes() != read_scores(root / "qf3")[1].tobytes()
 
 
+def test_log_level_warning_silences_the_info_lines(pool, filtered, capsys):
+    root, _ = pool
+    capsys.readouterr()
+    assert main(args(root, "qf", **{"log-level": "WARNING"})) == 0
+    assert capsys.readouterr().err == ""  # at INFO: "quality_filter: ...: already finished ..."
+    assert main(args(root, "qf", **{"log-level": "info"})) == 0
+    assert capsys.readouterr().err.startswith("quality_filter: ")
+
+
 def test_select_data_keeps_the_lowest_s(pool, filtered, tmp_path):
     root, _ = pool
     proc = run_tool("--data-path", root / "pool_text_document", "--scores-from", filtered,
