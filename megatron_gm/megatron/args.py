@@ -87,12 +87,15 @@ def extra_args_provider(other: Callable | None = None, for_training: bool = True
     """An ``extra_args_provider`` adding our group after ``other`` (another provider, or None).
 
     ``for_training=False`` (in-process tools that only load a stage) marks the parsed args
-    ``gm_for_training=False``: validation then asks for no ``--save`` and locks none."""
+    ``gm_for_training=False``: validation then asks for no ``--save`` and locks none. Training leaves the
+    args without it (``loader.for_training`` reads a missing key as True), so the args a checkpoint saves
+    are what they were before the mode travelled with the args."""
 
     def provider(parser):
         if other is not None:
             parser = other(parser)
-        parser.set_defaults(gm_for_training=for_training)
+        if not for_training:
+            parser.set_defaults(gm_for_training=False)
         return add_gm_args(parser)
 
     return provider
