@@ -29,13 +29,14 @@ import numpy as np
 SKIP_DIRS = {"logs", "__pycache__"}
 SKIP_SUFFIXES = (".lock", ".log", ".done", ".txt")
 SKIP_NAMES = {"state.json", "run.json", "gm_eval.jsonl"}
-VOLATILE = ("second", "time", "elapsed", "date", "host", "pid", "wall", "rate", "throughput", "per_hour")
-VOLATILE_SUFFIXES = ("_s",)  # probe_train_step_s, reference_loss_s: timings
+# wall-clock words: a key is skipped when one of its "_"-separated words starts with one of them
+# (seconds, epoch_times, trajectories_per_hour, ...) or its last word is "s" (probe_train_step_s)
+VOLATILE = ("second", "time", "elapsed", "date", "host", "pid", "wall", "rate", "throughput", "hour")
 
 
 def _volatile(key) -> bool:
-    k = str(key).lower()
-    return any(w in k for w in VOLATILE) or k.endswith(VOLATILE_SUFFIXES)
+    words = str(key).lower().split("_")
+    return words[-1] == "s" or any(w.startswith(VOLATILE) for w in words)
 
 
 def _strip(obj, subs: list[tuple[str, str]]):
@@ -63,7 +64,7 @@ def _torch_update(h, obj, subs: list[tuple[str, str]]) -> None:
         _torch_update(h, vars(obj), subs)
     elif isinstance(obj, dict):
         for k in sorted(obj, key=str):
-            if not _volatile(k):
+            if not _volatile(k):  # DeepSpeed's client state holds epoch_times
                 h.update(f"K{k}".encode())
                 _torch_update(h, obj[k], subs)
     elif isinstance(obj, list | tuple):
@@ -71,8 +72,10 @@ def _torch_update(h, obj, subs: list[tuple[str, str]]) -> None:
         for v in obj:
             _torch_update(h, v, subs)
         h.update(b"]")
-    else:
+    elif isinstance(obj, str):
         h.update(repr(_strip(obj, subs)).encode())
+    else:
+        h.update(repr(obj).encode())
 
 
 def digest_dcp(folder: str, subs: list[tuple[str, str]]) -> str:
