@@ -208,14 +208,16 @@ class WordEncoder:
         return slots
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        split = [t.split(" ") if t else [] for t in texts]
-        words = list(chain.from_iterable(split))
+        # one split of the texts joined by single spaces gives each text's words in turn (an empty text
+        # has none); a text's word count is its spaces + 1
+        counts = [t.count(" ") + 1 if t else 0 for t in texts]
+        words = " ".join(filter(None, texts)).split(" ") if any(counts) else []
         slots = self._slots(words)
         first = self._starts[slots]
         n = self._starts[slots + 1] - first
         ends = np.cumsum(n)
         tokens = self._flat[np.repeat(first - ends + n, n) + np.arange(ends[-1] if len(ends) else 0)]
-        word_ends = np.cumsum(np.fromiter(map(len, split), dtype=np.int64, count=len(split)))
+        word_ends = np.cumsum(np.asarray(counts, dtype=np.int64))
         doc_ends = np.concatenate([[0], ends])[word_ends]
         lengths = np.diff(doc_ends, prepend=0)
         return tokens, lengths

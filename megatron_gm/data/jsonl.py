@@ -17,6 +17,11 @@ from pathlib import Path
 
 from megatron_gm.errors import GMError
 
+try:  # optional: a faster parser for the common case (see parse_record)
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - orjson is in requirements.txt
+    _orjson_loads = None
+
 FORMATS = ".jsonl, .jsonl.gz, .jsonl.zst or .parquet"
 STATUSES = ("ok", "blank", "utf8", "json", "not_object", "missing_key", "surrogate")
 
@@ -195,8 +200,24 @@ def check_text(rec: dict, keys: list[str]) -> str:
     return "ok"
 
 
-def parse_record(line: bytes, keys: list[str]) -> tuple[str, dict | None]:
-    """(status, record): 'ok', 'blank', 'utf8', 'json', 'not_object', 'missing_key' or 'surrogate'."""
+def parse_record(line: bytes, keys: list[str], id_key: str | None = None) -> tuple[str, dict | None]:
+    """(status, record): 'ok', 'blank', 'utf8', 'json', 'not_object', 'missing_key' or 'surrogate'.
+
+    With orjson installed, a line it parses into an object is taken from it (several times faster than
+    ``json``); anything else goes through ``json`` so every status stays ``json``'s. orjson rejects lone
+    surrogates and invalid UTF-8, so its strings are those ``json`` gives. It reads integers beyond 64 bits
+    as floats: a numeric ``id_key`` value is re-read with ``json``. Use it where only ``keys`` and
+    ``id_key`` are read (other numeric fields may differ in type)."""
+    if _orjson_loads is not None:
+        try:
+            rec = _orjson_loads(line)
+        except ValueError:  # orjson.JSONDecodeError subclasses ValueError
+            rec = None
+        if isinstance(rec, dict) and not (id_key and isinstance(rec.get(id_key), (int, float))):
+            for k in keys:
+                if not isinstance(rec.get(k), str):
+                    return "missing_key", rec
+            return "ok", rec
     if not line.strip():
         return "blank", None
     try:
@@ -236,7 +257,7 @@ def iter_records(
         else:
             index = 0
             for line in iter_lines(path):
-                status, rec = parse_record(line, keys)
+                status, rec = parse_record(line, keys, id_key)
                 yield status, rec, doc_id(rec, id_key, label, index)
                 index += 1
 

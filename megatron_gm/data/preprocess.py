@@ -90,7 +90,7 @@ def _records(task):
             out.append((jsonl.check_text(rec, keys), rec, jsonl.doc_id(rec, id_key, label, first + i)))
     else:
         for i, line in enumerate(jsonl.split_lines(payload)):
-            status, rec = jsonl.parse_record(line, keys)
+            status, rec = jsonl.parse_record(line, keys, id_key)
             out.append((status, rec, jsonl.doc_id(rec, id_key, label, first + i)))
     return out
 

@@ -336,3 +336,46 @@ def test_tokenizer_training_reads_every_format_the_same(env, tmp_path):
         assert train_main(args) == 0, name
         models.append((tmp_path / f"{name}.model").read_bytes())
     assert models[0] == models[1] == models[2] == models[3]
+
+
+EDGE_LINES = [
+    b'{"id": "a", "text": "plain"}',
+    b"",
+    b"   ",
+    b'{"text": "lone \\ud800 surrogate"}',
+    b'{"text": "\\u00e9t\\u00e9 \\ud83d\\ude00"}',  # escapes, a surrogate pair
+    b'{"text": "dup", "text": "last wins"}',
+    b'{"id": 123456789012345678901234567890, "text": "big id"}',  # orjson reads it as a float
+    b'{"id": 7, "text": "int id"}',
+    b'{"id": 1.5, "text": "float id"}',
+    b'{"x": NaN, "text": "json allows NaN"}',
+    b'{"text": 5}',
+    b'{"other": "no text"}',
+    b"[1, 2]",
+    b'"a string"',
+    b"{bad",
+    b'{"text": "caf\xc3\xa9"}',
+    b'{"text": "bad utf8 \xff"}',
+    b'{"text": "trailing"}   ',
+]
+
+
+@pytest.mark.parametrize("id_key", ["id", None])
+def test_fast_json_parser_gives_json_statuses_and_records(monkeypatch, id_key):
+    from megatron_gm.data import jsonl
+
+    if jsonl._orjson_loads is None:
+        pytest.skip("orjson not installed")
+    fast = [jsonl.parse_record(line, ["text"], id_key) for line in EDGE_LINES]
+    monkeypatch.setattr(jsonl, "_orjson_loads", None)
+    plain = [jsonl.parse_record(line, ["text"], id_key) for line in EDGE_LINES]
+    for line, (fs, frec), (ps, prec) in zip(EDGE_LINES, fast, plain):
+        assert fs == ps, line
+        if fs == "ok":
+            assert frec["text"] == prec["text"], line
+            assert jsonl.doc_id(frec, id_key, "f", 0) == jsonl.doc_id(prec, id_key, "f", 0), line
+    if id_key is None:
+        return
+    # the ids json gives, written by hand
+    ids = [jsonl.doc_id(r, "id", "f", i) for i, (s, r) in enumerate(fast) if s == "ok"]
+    assert ids == ["a", "f:5", "f:6", "123456789012345678901234567890", "7", "1.5", "f:10", "f:16", "f:18"]
