@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/preprocess"))
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="cores for the projected wall time")
     p.add_argument("--quick", action="store_true", help="first 20,000 documents, one repeat")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile (for the report)")
     args = p.parse_args(argv)
     if args.quick:
         args.max_docs = args.max_docs or 20_000
@@ -267,6 +268,11 @@ def report(res: dict, args) -> str:
         "one-document input): on a shared, busy machine it moves far less with the load than wall time. "
         "Ratios are ours ÷ Megatron's per alternated pair, median shown.",
         "",
+        f"Command: `{res.get('command', '')}` at `{res.get('commit', '')[:12]}`; load average (1, 5, 15 min) "
+        f"{res.get('load_average', {}).get('before')} before, {res.get('load_average', {}).get('after')} after"
+        + (f"; {res['note']}" if res.get("note") else "")
+        + ".",
+        "",
         "| workers | tool | start-up s | wall s | docs/s | tokens/s | work CPU s | docs per CPU s |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -325,11 +331,16 @@ def main(argv=None) -> int:
         return 2
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="gm_pp_bench_"))
     scratch.mkdir(parents=True, exist_ok=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         res = run(args, scratch)
     finally:
         if not args.scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    res.update(command=" ".join(["benchmarks/preprocess.py", *(argv if argv is not None else sys.argv[1:])]),
+               commit=commit.strip(), load_average={"before": load_before,
+               "after": [round(x, 2) for x in os.getloadavg()]}, note=args.note)  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(dict(res, pool=args.pool), indent=1) + "\n")

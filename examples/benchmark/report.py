@@ -415,16 +415,32 @@ def markdown(res: dict) -> str:
     if res.get("heldout"):
         lines += ["", "## Held out (read once, for this report)", ""]
         h = res["heldout_results"]
+        lines += ["Token efficiency, the paper's way (as above):", ""]
         for s, table in h["efficiency"].items():
-            lines.append(f"- efficiency on {s}: " + "; ".join(f"{m} {e['mean']} (per seed {e['per_seed']})"
-                                                             for m, e in table.items()))  # fmt: skip
-        for s, table in h["final_loss"].items():
-            lines.append(f"- final {s}: " + "; ".join(f"{r} {e['mean']:.4f}" for r, e in table.items()))
-        lines += ["", *_tables(h["paired"], "pair", lambda x: f"{x:+.4f}", wins=True)]
-        lines.append("- BLiMP accuracy (4,000 pairs): " + "; ".join(
-            f"{r} {np.mean(v):.3f}" for r, v in h["blimp"].items() if v))  # fmt: skip
+            lines += [f"**{s}**", "", "| method | per seed | mean | 95% CI |", "|---|---|---|---|"]
+            for m, e in table.items():
+                ci = e.get("ci95") or [None, None]
+                lines.append(f"| {m} | {', '.join(_fmt(x, 2) for x in e['per_seed'])} | {_fmt(e['mean'], 2)} | "
+                             f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}] |")  # fmt: skip
+            lines.append("")
+        lines += ["Final losses:", "", *_tables(h["final_loss"], "run", lambda x: _fmt(x))]
+        lines += ["Paired differences (final loss; negative = the first method is better):", ""]
+        lines += _tables(h["paired"], "pair", lambda x: f"{x:+.4f}", wins=True)
+        lines += ["| run | BLiMP accuracy (4,000 pairs), mean over seeds |", "|---|---|"]
+        lines += [f"| {r} | {np.mean(v):.3f} |" for r, v in h["blimp"].items() if v]
+        lines.append("")
         if h.get("clean_share"):
-            lines.append("- clean-source share of selections: " + json.dumps(h["clean_share"]))
+            cs = h["clean_share"]
+            pool = cs.get("pool", {})
+            runs = list(dict.fromkeys(k.split("/", 1)[1] for k in cs if "/" in k))  # results' order
+            seeds = sorted({k.split("/", 1)[0] for k in cs if "/" in k})
+            lines += [f"Clean-source share of each selection (the pool: {pool.get('clean_share', float('nan')):.3f} "
+                      f"of {pool.get('docs', 0):,} documents):", "",
+                      f"| method | {' | '.join(seeds)} |", "|---|" + "---|" * len(seeds)]  # fmt: skip
+            for r in runs:
+                vals = [cs.get(f"{sd}/{r}", {}).get("clean_share") for sd in seeds]
+                lines.append(f"| {r} | {' | '.join(_fmt(v, 3) for v in vals)} |")
+            lines.append("")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in res["plots"]]
     return "\n".join(lines) + "\n"
 
