@@ -117,8 +117,9 @@ def phase_costs(p: dict, name: str) -> dict:
     for ph in p["phases"][name]:
         e = estimate_phase(c, ph, pool, CPU)
         rec = st.get(ph.name, {})
-        out[ph.name] = {"seconds": rec.get("seconds") if rec.get("status") == "done" else None,
-                        "cpu_seconds": rec.get("cpu_seconds"), "model_flops": e.flops, "model_seconds": e.seconds,
+        done = rec.get("status") == "done"
+        out[ph.name] = {"seconds": rec.get("seconds") if done else None,
+                        "cpu_seconds": rec.get("cpu_seconds") if done else None, "model_flops": e.flops, "model_seconds": e.seconds,
                         "note": e.note}  # fmt: skip
     return out
 
@@ -175,6 +176,7 @@ def collect_seed(p: dict) -> dict:
     d["stage2_checks"] = {v: stage2_checks(p, v) for v in ("full", "cheap", "restart")}
     d["costs"] = {v: phase_costs(p, v) for v in p["phases"]}
     d["round_seconds"] = {v: round_total(d["costs"][v], "seconds") for v in ("full", "cheap")}
+    d["round_cpu_seconds"] = {v: round_total(d["costs"][v], "cpu_seconds") for v in ("full", "cheap")}
     d["round_model_flops"] = {v: round_total(d["costs"][v], "model_flops") for v in ("full", "cheap")}
     d["round_model_seconds"] = {v: round_total(d["costs"][v], "model_seconds") for v in ("full", "cheap")}
     g_state = (_json(p["group"] / "state.json") or {}).get("phases", {})
@@ -224,7 +226,7 @@ def summarize(per: dict[int, dict]) -> dict:
         s["final_paired"][st] = {f"{x} - {y}": paired_by_seed(col(lambda d, x=x, st=st: d["final"][x][st]),
                                                               col(lambda d, y=y, st=st: d["final"][y][st]))
                                  for x, y in LOSS_PAIRS}  # fmt: skip
-    for key in ("round_seconds", "round_model_flops", "round_model_seconds"):
+    for key in ("round_seconds", "round_cpu_seconds", "round_model_flops", "round_model_seconds"):
         full, cheap = col(lambda d, key=key: d[key]["full"]), col(lambda d, key=key: d[key]["cheap"])
         both = [(f, c) for f, c in zip(full, cheap) if f is not None and c is not None]
         s["cost"][key] = {"full": _mean_ci([f for f, _ in both]), "cheap": _mean_ci([c for _, c in both]),
@@ -333,9 +335,10 @@ def markdown(res: dict) -> str:
               "| pair | per seed | mean | 95% CI | wins |", "|---|---|---|---|---|", *_paired_rows(s["final_paired"][st])]  # fmt: skip
     L += ["", "## Cost of round 2", "", "Wall seconds of the round's phases (oracle, influence, bootstrap, oracle on the "
           "beams, influence on both, selection; from the phases' state.json, on a shared 2-core machine: other jobs' load "
-          "shows in them) and the cost model's FLOPs and seconds (megatron_gm/pipeline/estimate.py, CPU rates):", "",
+          "shows in the wall seconds more than in the CPU seconds of the phases' processes) and the cost model's FLOPs and seconds (megatron_gm/pipeline/estimate.py, CPU rates):", "",
           "| | full | cheap | cheap / full (per seed) | cheap / full (of the means) |", "|---|---|---|---|---|"]  # fmt: skip
-    for key, label in (("round_seconds", "measured wall s"), ("round_model_flops", "modelled FLOPs"),
+    for key, label in (("round_seconds", "measured wall s"), ("round_cpu_seconds", "measured CPU s"),
+                       ("round_model_flops", "modelled FLOPs"),
                        ("round_model_seconds", "modelled s")):  # fmt: skip
         e = s["cost"][key]
         fmt = (lambda v: f"{v:.3g}") if key == "round_model_flops" else (lambda v: f"{v:.0f}")
