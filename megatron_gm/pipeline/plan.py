@@ -151,10 +151,18 @@ def oracle_args(
 
 
 def influence_args(
-    cfg: PipelineConfig, oracles: list[Path], out: Path, init_from: Path | None = None, frozen: bool = False
+    cfg: PipelineConfig,
+    oracles: list[Path],
+    out: Path,
+    init_from: Path | None = None,
+    frozen: bool = False,
+    stage: int = 0,
 ) -> list[str]:
-    """``init_from``: warm start from that model; ``frozen``: train the heads only on its encoder."""
+    """``init_from``: warm start from that model; ``frozen``: train the heads only on its encoder.
+    ``stage``: the checkpoint's stage; a later round holds out the same fraction of its fewer trajectories
+    for validation (``round_count``), so an explicit ``influence.val_count`` still fits."""
     i = cfg.influence
+    val_count = round_count(cfg, stage, i.val_count) if i.val_count else 0
     args = [
         "--data-path", cfg.data_path, "--oracle", *map(str, oracles), "--output", str(out),
         "--mode", "fast" if frozen else i.mode, "--seed", str(i.seed), "--threads", str(cfg.launch.threads),
@@ -166,7 +174,7 @@ def influence_args(
         args += ["--encoder", i.encoder]
     for flag, v in (
         ("--epochs", i.epochs), ("--chunk-len", i.chunk_len), ("--max-chunks", i.max_chunks),
-        ("--train-batch-size", i.train_batch_size), ("--val-count", i.val_count),
+        ("--train-batch-size", i.train_batch_size), ("--val-count", val_count),
     ):  # fmt: skip
         if v:
             args += [flag, str(v)]
@@ -291,7 +299,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list
         model = d / "influence"
         init = prev_model if later else None
         frozen = init is not None and cfg.influence.freeze_encoder_after_first_round
-        infl = add("influence", "main", s, influence_args(cfg, [d / "oracle"], model, init, frozen), [oracle],
+        infl = add("influence", "main", s, influence_args(cfg, [d / "oracle"], model, init, frozen, s), [oracle],
                    {"influence": model}, marker=model / "manifest.json")  # fmt: skip
         if cfg.bootstrap.beams_per_tail:  # method.md step 3: probe beam-searched tails, retrain on both
             trajs = d / "bootstrap"
@@ -301,7 +309,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list
             ob = add("oracle", "main", s, oracle_args(cfg, s, ckpt, oracle2, ref, trajs), [bs],
                      {"oracle": oracle2}, suffix="_bootstrap")  # fmt: skip
             model = d / "influence_bootstrap"
-            infl = add("influence", "main", s, influence_args(cfg, [d / "oracle", oracle2], model, init, frozen),
+            infl = add("influence", "main", s, influence_args(cfg, [d / "oracle", oracle2], model, init, frozen, s),
                        [ob], {"influence": model}, marker=model / "manifest.json", suffix="_bootstrap")  # fmt: skip
         prev_model = model
         nxt = out / f"stage{s + 1}" / "selection"

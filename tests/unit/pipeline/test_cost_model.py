@@ -194,3 +194,18 @@ def test_a_stage_zero_of_its_own_length_is_counted():
     # 30 vs 10 iterations of 8 x 4 tokens, 3 x 2,224 FLOPs a token
     assert estimate_phase(cfg, phases["stage0.pretrain"], pool, H100).flops == 30 * 8 * 4 * 3 * 2224
     assert estimate_phase(cfg, phases["stage1.pretrain"], pool, H100).flops == 10 * 8 * 4 * 3 * 2224
+
+
+def test_later_rounds_hold_out_the_same_fraction_for_validation(tmp_path):
+    """An explicit val_count of 100 with a quarter of the trajectories in round 2 must not ask for more
+    validation trajectories than the round has (60 + 2 x 8 here): round 2 holds out 25."""
+    cfg = preset("tiny")
+    for a in ("oracle.trajectories=240", "bootstrap.beams_per_tail=30", "influence.val_count=100",
+              "oracle.later_round_fraction=0.25"):  # fmt: skip
+        cfg.override(a)
+    phases = build_plan(cfg, tmp_path)
+    for name in ("stage0.influence", "stage0.influence_bootstrap"):
+        assert _flag(_args(phases, name), "--val-count") == "100"
+    for name in ("stage1.influence", "stage1.influence_bootstrap"):
+        assert _flag(_args(phases, name), "--val-count") == "25"
+    assert _flag(_args(phases, "stage1.oracle"), "--gm-oracle-trajectories") == "60"
