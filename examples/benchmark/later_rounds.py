@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
         "--no-restart", action="store_true", help="skip the control: round 1's selection as stage 2"
     )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from what is there")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile (for the report)")
+    p.add_argument(
+        "--results", default="", help="also copy results.json, report.md and the PNG to this folder"
+    )
     return p
 
 
@@ -343,6 +347,14 @@ def main(argv: list[str] | None = None) -> int:
             run_seed(a, out, k)
             print(f"[levers] report: {write_report(out, a, plans())}", flush=True)
     path = write_report(out, a, plans())
+    if a.results:
+        import shutil
+
+        dest = Path(a.results)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in path.parent.iterdir():
+            if f.suffix in (".json", ".md", ".png"):
+                shutil.copy2(f, dest / f.name)
     print(f"[levers] report: {path} (wall {time.monotonic() - t_start:.0f} s this call)", flush=True)
     return 0
 

@@ -428,7 +428,8 @@ def write_report(out: Path, a, plans: dict[int, dict]) -> Path:
               "test_trajectories": a.test_trajectories or (max(1, round(cfg.oracle.trajectories / 4)) if cfg else None),
               "T": cfg.oracle.T if cfg else None, "ratio": cfg.select.ratio if cfg else None,
               "full": variant("full") if p0 else {}, "cheap": variant("cheap") if p0 else {}}  # fmt: skip
-    notes = [
+    notes = [f"This run: {a.note}"] if getattr(a, "note", "") else []
+    notes += [
         "The test store's labels are z-scored on themselves for the MSE in spearman.json; Spearman does not depend on it.",
         "cheap's influence models see fewer trajectories (fraction of round 1's), so their own validation Spearman "
         "is on fewer trajectories; the test-store Spearman is the comparable number.",
