@@ -26,7 +26,7 @@ import numpy as np
 from megatron_gm.data.documents import document_texts
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
-from megatron_gm.shards import ShardSet
+from megatron_gm.shards import ShardSet, num_shards
 
 if TYPE_CHECKING:
     from megatron_gm.influence.model import InfluenceModel
@@ -62,6 +62,42 @@ def embed_cache_manifest(
         "device": device,
     }
     return Manifest(KIND, fingerprint, config=config)
+
+
+def device_kind(device) -> str:
+    """ "cpu", or the GPU's model name: what embeddings computed on ``device`` are comparable across."""
+    import torch
+
+    device = torch.device(device)
+    return "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
+
+
+def pool_embed_cache(
+    folder: str | os.PathLike,
+    *,
+    model_config: dict,
+    fingerprint: str,
+    num_docs: int,
+    shard_size: int,
+    batch_size: int,
+    threads: int,
+    device: str,
+) -> tuple[Manifest, ShardSet] | None:
+    """The pool-embedding cache in ``folder`` for these settings: its manifest and its shards (one per
+    ``shard_size`` contiguous documents of the pool), or None for a fine-tuned model. Not opened: the
+    selection opens (creates) it, a reader only looks for finished shards."""
+    manifest = embed_cache_manifest(
+        model_config=model_config,
+        fingerprint=fingerprint,
+        num_docs=num_docs,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        threads=threads,
+        device=device,
+    )
+    if manifest is None:
+        return None
+    return manifest, embed_cache_shards(str(folder), manifest, num_shards(num_docs, shard_size))
 
 
 def cache_shards(folder: str | os.PathLike, name: str, manifest: Manifest, num_shards: int) -> ShardSet:
