@@ -11,6 +11,11 @@ h is computed once per pool and every later scoring (the next stage, another met
 benchmark) reads it and only applies the new heads. The cache is a ``ShardSet`` with the scores'
 shard boundaries, in a folder named by the digest of everything h depends on: a changed input never
 reuses stale vectors. A fine-tuned encoder gets no cache (its h changes every round).
+
+Selection fills the pool cache (``tools/select_data.py --embed-cache``); the bootstrap of a later round
+reads its probing pool's h from it (``tools/bootstrap_trajectories.py --embed-cache``). Both name the
+folder with ``pool_embed_cache``, each from its own batch size, threads and device, so the bootstrap only
+finds vectors computed the way it would compute them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from megatron_gm.data.documents import document_texts
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
-from megatron_gm.shards import ShardSet, num_shards
+from megatron_gm.shards import ShardSet, num_shards, shard_range
 
 if TYPE_CHECKING:
     from megatron_gm.influence.model import InfluenceModel
@@ -117,6 +122,27 @@ def cached_h(cache: ShardSet | None, i: int, docs: np.ndarray) -> np.ndarray | N
     if not np.array_equal(z["documents"], docs):
         raise GMError(f"{cache.path(i)}: cached embeddings are for other documents; delete {cache.folder}")
     return z["h"]
+
+
+def pool_h(
+    cache: ShardSet, num_docs: int, shard_size: int, docs: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """h [len(docs), dim] float32 of pool documents ``docs`` from the cache's finished shards, and a mask of
+    the rows found (the rows of unfinished shards are left 0). Each shard read is checked to hold its
+    documents (``cached_h``)."""
+    docs = np.asarray(docs, dtype=np.int64)
+    h = np.zeros((len(docs), dim), dtype=np.float32)
+    found = np.zeros(len(docs), dtype=bool)
+    shard_of = docs // shard_size
+    for i in np.unique(shard_of).tolist():
+        lo, hi = shard_range(i, num_docs, shard_size)
+        rows = cached_h(cache, i, np.arange(lo, hi, dtype=np.int64))
+        if rows is None:
+            continue
+        mine = shard_of == i
+        h[mine] = rows[docs[mine] - lo]
+        found[mine] = True
+    return h, found
 
 
 def cached_embeddings(
