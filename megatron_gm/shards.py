@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -26,6 +27,16 @@ from megatron_gm.fs import atomic_write_bytes, remove_stale_temporaries
 from megatron_gm.manifest import Manifest
 
 log = get_logger(__name__)
+
+
+def num_shards(num_docs: int, shard_size: int) -> int:
+    """Shards of ``shard_size`` contiguous documents over ``num_docs`` (at least one)."""
+    return max(1, math.ceil(num_docs / shard_size))
+
+
+def shard_range(i: int, num_docs: int, shard_size: int) -> tuple[int, int]:
+    """Documents ``[lo, hi)`` of shard ``i``: fixed boundaries, independent of the number of ranks."""
+    return i * shard_size, min((i + 1) * shard_size, num_docs)
 
 
 class ShardSet:

@@ -13,6 +13,18 @@ The result is a trajectory file that ``tools/collect_oracle.py`` probes: a folde
     tail.npy             int8 [n]      -1 = searched for lowest, +1 = for highest
     probe_documents.npy  int64 [m]     the probing pool that was searched
     manifest.json        kind "trajectories" (written last: a folder with a manifest is complete)
+
+The probing pool's h: with ``--embed-cache`` (the selection's pool-embedding cache) and a frozen encoder,
+the documents whose pool shard an earlier selection finished are read from it, and only the others are
+embedded. The cache folder is keyed by the batch size, threads and device of the run that filled it
+(``embed_cache.pool_embed_cache``), and the bootstrap looks it up under its own (``--embed-batch-size``,
+``--threads``, its device), so the cached vectors come from the selection's batch shape and threads and
+are found only when those equal the bootstrap's: then they are the bits the bootstrap would compute (h
+depends on a document, the encoder and the batch size, not on the batch's other documents:
+``influence/embed.py``), and the trajectories are the same as without the cache. The shard size is part
+of the key too: ``--embed-cache-shard-size`` must be the selection's ``--shard-size`` (both default 1000).
+Another encoder, batch size, thread count, device or shard size is another folder: a miss, and the whole
+probing pool is embedded as without the cache. A fine-tuned model never reads it.
 """
 
 from __future__ import annotations
@@ -25,9 +37,12 @@ import numpy as np
 import torch
 
 from megatron_gm.config import check_settings, setting
+from megatron_gm.dist import get_logger
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
 from megatron_gm.oracle.trajectories import TRAJ_KIND, load_trajectories, save_trajectories
+
+log = get_logger(__name__)
 
 
 def beam_search(
@@ -127,6 +142,13 @@ class BootstrapConfig:
     probe_indices: str = setting("", ".npy of document indices to search instead")
     seed: int = setting(1234, "probing-pool sample seed")
     embed_batch_size: int = setting(32, "chunks per encoder call when embedding", low=1)
+    embed_cache: str = setting(
+        "", "the selection's pool-embedding cache folder (tools/select_data.py --embed-cache): with a frozen "
+        "encoder, read the probing pool's h from its finished shards (a fine-tuned model ignores it)",
+    )  # fmt: skip
+    embed_cache_shard_size: int = setting(
+        1000, "the selection's --shard-size (the cache's shards: contiguous documents of the pool)", low=1
+    )
     progress: bool = setting(True, "no progress bars", flag="--no-progress")
 
     def validate(self) -> BootstrapConfig:
@@ -191,17 +213,19 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
             docs, _ = load_trajectories(out)
             return {"output": str(out), "trajectories": len(docs), "reused": True}
         raise GMError(f"{out}: holds trajectories of another run; use a new --output or delete it")
-    enc_id = read_model_config(cfg.model)["encoder_sha256"]
-    h = cached_embeddings(
-        enc_id,
-        model,
-        cfg.data_path,
-        probe,
-        out / "cache",
-        cfg.embed_batch_size,
-        info.fingerprint,
-        cfg.progress,
-    )
+    model_config = read_model_config(cfg.model)
+    h, found = probe_from_pool_cache(cfg, model, model_config, info.fingerprint, info.num_docs, probe)
+    if not found.all():
+        h[~found] = cached_embeddings(
+            model_config["encoder_sha256"],
+            model,
+            cfg.data_path,
+            probe[~found],
+            out / "cache",
+            cfg.embed_batch_size,
+            info.fingerprint,
+            cfg.progress,
+        )
     s = individual_scores(model, h)
     docs, scores, tail = [], [], []
     for lowest in tails:
@@ -235,5 +259,43 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
             ("low" if lo else "high"): [float(sc.min()), float(sc.max())] for lo, sc in zip(tails, scores)
         },
         "probe_count": int(len(probe)),
+        "probe_from_cache": int(found.sum()),
+        "probe_embedded": int((~found).sum()),
         "reused": False,
     }
+
+
+def probe_from_pool_cache(
+    cfg: BootstrapConfig, model, model_config: dict, fingerprint: str, num_docs: int, probe: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """h [len(probe), d] float32 of the probe documents found in ``cfg.embed_cache`` and the mask of those
+    found (all False without a cache, for a fine-tuned model, or when no selection filled the folder for
+    this encoder, batch size, threads and device). Logs how many came from the cache."""
+    from megatron_gm.influence.embed_cache import device_kind, pool_embed_cache, pool_h
+
+    h = np.zeros((len(probe), model.hidden_size), dtype=np.float32)
+    found = np.zeros(len(probe), dtype=bool)
+    if not cfg.embed_cache:
+        return h, found
+    cache = pool_embed_cache(
+        cfg.embed_cache,
+        model_config=model_config,
+        fingerprint=fingerprint,
+        num_docs=num_docs,
+        shard_size=cfg.embed_cache_shard_size,
+        batch_size=cfg.embed_batch_size,
+        threads=torch.get_num_threads(),
+        device=device_kind(model.device),
+    )
+    if cache is None:
+        log.info(
+            "bootstrap: the model's encoder is fine-tuned; --embed-cache ignored, embedding the probing pool"
+        )
+        return h, found
+    _, shards = cache
+    h, found = pool_h(shards, num_docs, cfg.embed_cache_shard_size, probe, model.hidden_size)
+    log.info(
+        f"bootstrap: {int(found.sum())} of {len(probe)} probe documents from the pool-embedding cache "
+        f"{shards.folder}, {int((~found).sum())} to embed"
+    )
+    return h, found

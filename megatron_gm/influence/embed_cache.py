@@ -11,6 +11,11 @@ h is computed once per pool and every later scoring (the next stage, another met
 benchmark) reads it and only applies the new heads. The cache is a ``ShardSet`` with the scores'
 shard boundaries, in a folder named by the digest of everything h depends on: a changed input never
 reuses stale vectors. A fine-tuned encoder gets no cache (its h changes every round).
+
+Selection fills the pool cache (``tools/select_data.py --embed-cache``); the bootstrap of a later round
+reads its probing pool's h from it (``tools/bootstrap_trajectories.py --embed-cache``). Both name the
+folder with ``pool_embed_cache``, each from its own batch size, threads and device, so the bootstrap only
+finds vectors computed the way it would compute them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from megatron_gm.data.documents import document_texts
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
-from megatron_gm.shards import ShardSet
+from megatron_gm.shards import ShardSet, num_shards, shard_range
 
 if TYPE_CHECKING:
     from megatron_gm.influence.model import InfluenceModel
@@ -64,6 +69,42 @@ def embed_cache_manifest(
     return Manifest(KIND, fingerprint, config=config)
 
 
+def device_kind(device) -> str:
+    """ "cpu", or the GPU's model name: what embeddings computed on ``device`` are comparable across."""
+    import torch
+
+    device = torch.device(device)
+    return "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
+
+
+def pool_embed_cache(
+    folder: str | os.PathLike,
+    *,
+    model_config: dict,
+    fingerprint: str,
+    num_docs: int,
+    shard_size: int,
+    batch_size: int,
+    threads: int,
+    device: str,
+) -> tuple[Manifest, ShardSet] | None:
+    """The pool-embedding cache in ``folder`` for these settings: its manifest and its shards (one per
+    ``shard_size`` contiguous documents of the pool), or None for a fine-tuned model. Not opened: the
+    selection opens (creates) it, a reader only looks for finished shards."""
+    manifest = embed_cache_manifest(
+        model_config=model_config,
+        fingerprint=fingerprint,
+        num_docs=num_docs,
+        shard_size=shard_size,
+        batch_size=batch_size,
+        threads=threads,
+        device=device,
+    )
+    if manifest is None:
+        return None
+    return manifest, embed_cache_shards(str(folder), manifest, num_shards(num_docs, shard_size))
+
+
 def cache_shards(folder: str | os.PathLike, name: str, manifest: Manifest, num_shards: int) -> ShardSet:
     """The cache's shards in ``folder/{name}-{manifest digest}``: a changed input is a new folder."""
     return ShardSet(Path(folder) / f"{name}-{manifest.digest()}", num_shards)
@@ -81,6 +122,27 @@ def cached_h(cache: ShardSet | None, i: int, docs: np.ndarray) -> np.ndarray | N
     if not np.array_equal(z["documents"], docs):
         raise GMError(f"{cache.path(i)}: cached embeddings are for other documents; delete {cache.folder}")
     return z["h"]
+
+
+def pool_h(
+    cache: ShardSet, num_docs: int, shard_size: int, docs: np.ndarray, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """h [len(docs), dim] float32 of pool documents ``docs`` from the cache's finished shards, and a mask of
+    the rows found (the rows of unfinished shards are left 0). Each shard read is checked to hold its
+    documents (``cached_h``)."""
+    docs = np.asarray(docs, dtype=np.int64)
+    h = np.zeros((len(docs), dim), dtype=np.float32)
+    found = np.zeros(len(docs), dtype=bool)
+    shard_of = docs // shard_size
+    for i in np.unique(shard_of).tolist():
+        lo, hi = shard_range(i, num_docs, shard_size)
+        rows = cached_h(cache, i, np.arange(lo, hi, dtype=np.int64))
+        if rows is None:
+            continue
+        mine = shard_of == i
+        h[mine] = rows[docs[mine] - lo]
+        found[mine] = True
+    return h, found
 
 
 def cached_embeddings(

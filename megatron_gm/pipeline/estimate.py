@@ -7,7 +7,9 @@ FLOPs (forward + backward = 3x forward; per token 2·N + 4·L·s·h forward, att
   costs the reference set's evaluated tokens: examples at their own length (the natural layout), or
   seq-length windows (packed). A later round probes ``oracle.later_round_fraction`` of the trajectories.
 - bootstrap: encoder forward over the searched documents (``bootstrap.probe_count``, 0 = the
-  whole pool), plus the beam search (2·d per beam and candidate, T steps, two tails).
+  whole pool), plus the beam search (2·d per beam and candidate, T steps, two tails). A later round's
+  bootstrap reads the searched documents' embeddings from the selection's pool cache when the round's
+  selection already filled it with the same frozen encoder (``bootstrap_cached``): the search alone.
 - influence: encoder over the trajectories' documents: fast mode embeds once (frozen encoder); full
   mode trains it, 3x forward every epoch.
 - select: encoder forward over the whole pool, then k-means (2·n·k·d per iteration) and the greedy
@@ -223,6 +225,21 @@ def encoder_cached(cfg: PipelineConfig, stage: int) -> bool:
     return i.freeze_encoder_after_first_round and stage > 2
 
 
+def bootstrap_cached(cfg: PipelineConfig, stage: int) -> bool:
+    """Whether the bootstrap of the round collected from stage ``stage``'s checkpoint reads its probing
+    pool's embeddings from the selection's cache. It runs after stage ``stage``'s selection, which filled the
+    cache with the frozen encoder the bootstrap's model shares exactly when stage ``stage + 1``'s selection
+    reads it (``encoder_cached``): fast mode from stage 1 on, full mode frozen after round 1 from stage 2
+    on. The cache is keyed by threads, batch and shard size and device: the bootstrap runs with
+    ``launch.threads`` and the tools' default batch and shard size, so other selection threads, or those
+    settings in ``select.extra_args``, are a miss."""
+    L, extra = cfg.launch, cfg.select.extra_args
+    keyed_alike = (L.select_threads or L.threads) == L.threads and not any(
+        a.startswith(("--micro-batch-size", "--shard-size", "--device")) for a in extra
+    )
+    return keyed_alike and encoder_cached(cfg, stage + 1)
+
+
 @dataclasses.dataclass
 class Parts:
     """A phase's FLOPs by the rate that runs them (``Hardware.rates`` keys) and its memory traffic."""
@@ -255,9 +272,10 @@ def phase_parts(cfg: PipelineConfig, phase: Phase, pool: PoolStats) -> Parts:
     if phase.kind == "bootstrap":
         probe = min(pool.num_docs, cfg.bootstrap.probe_count or pool.num_docs)  # the pipeline passes 0 = all
         beams = round_count(cfg, phase.stage, cfg.bootstrap.beams_per_tail)
-        embed = probe * enc_tokens_per_doc * 2 * enc_params
+        cached = bootstrap_cached(cfg, phase.stage)
+        embed = 0.0 if cached else probe * enc_tokens_per_doc * 2 * enc_params
         search = 2 * o.T * beams * probe * enc_dim * 2  # 2 tails; a step scores beams x documents
-        note = f"{probe} documents searched, 2 x {beams} beams"
+        note = f"{probe} documents searched{' (cached embeddings)' if cached else ''}, 2 x {beams} beams"
         return Parts({"encoder": embed + search}, 0.0, note)
     if phase.kind == "influence":
         n = oracle_trajectories(cfg, phase) + (

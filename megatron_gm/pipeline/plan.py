@@ -181,7 +181,12 @@ def influence_args(
     return args + list(i.extra_args)
 
 
-def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path, stage: int = 0) -> list[str]:
+def bootstrap_args(
+    cfg: PipelineConfig, model: Path, out: Path, stage: int = 0, *, embed_cache: Path | None = None
+) -> list[str]:
+    """``embed_cache``: the selection's pool-embedding cache (``embed_cache_dir``). The tool reads the
+    probing pool's h from it when the model is frozen (fast mode, a frozen later round) and an earlier
+    selection filled it with the same encoder, batch size, threads and device; else it embeds as without."""
     o, b = cfg.oracle, cfg.bootstrap
     beams = round_count(cfg, stage, b.beams_per_tail)
     args = [
@@ -190,6 +195,8 @@ def bootstrap_args(cfg: PipelineConfig, model: Path, out: Path, stage: int = 0) 
         "--tails", "both", "--seed", str(o.seed), "--threads", str(cfg.launch.threads), "--no-progress",
         "--probe-count", str(b.probe_count),  # always: 0 means the whole pool, not the tool's default
     ]  # fmt: skip
+    if embed_cache is not None:
+        args += ["--embed-cache", str(embed_cache)]
     return args
 
 
@@ -282,6 +289,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list
     prev_pretrain = ""
     prev_model: Path | None = None  # the previous round's final influence model
     later = cfg.influence.warm_start or cfg.influence.freeze_encoder_after_first_round
+    pool_cache = embed_cache_dir(cfg, out)  # filled by the selections, read by later bootstraps too
     for s in range(cfg.stages):
         d = out / f"stage{s}"
         ckpt = d / "checkpoints"
@@ -303,8 +311,8 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list
                    {"influence": model}, marker=model / "manifest.json")  # fmt: skip
         if cfg.bootstrap.beams_per_tail:  # method.md step 3: probe beam-searched tails, retrain on both
             trajs = d / "bootstrap"
-            bs = add("bootstrap", "main", s, bootstrap_args(cfg, model, trajs, s), [infl],
-                     {"trajectories": trajs}, marker=trajs / "manifest.json")  # fmt: skip
+            bs = add("bootstrap", "main", s, bootstrap_args(cfg, model, trajs, s, embed_cache=pool_cache),
+                     [infl], {"trajectories": trajs}, marker=trajs / "manifest.json")  # fmt: skip
             oracle2 = d / "oracle_bootstrap"
             ob = add("oracle", "main", s, oracle_args(cfg, s, ckpt, oracle2, ref, trajs), [bs],
                      {"oracle": oracle2}, suffix="_bootstrap")  # fmt: skip
@@ -315,7 +323,7 @@ def build_plan(cfg: PipelineConfig, out: str | Path, ref_data: str = "") -> list
         nxt = out / f"stage{s + 1}" / "selection"
         add("select", "main", s + 1,
             select_args(cfg, s + 1, nxt, model=model, scores_from=None, method=cfg.select.method,
-                        embed_cache=embed_cache_dir(cfg, out)),
+                        embed_cache=pool_cache),
             [infl], {"selection": nxt}, marker=nxt / "manifest.json")  # fmt: skip
 
     if cfg.random_twin and cfg.stages > 1:

@@ -37,7 +37,6 @@ from megatron_gm.selection.score_store import (
 )
 from megatron_gm.selection.scoring import (
     ScoringModel,
-    device_kind,
     influence_model_hash,
     progress_bar,
     score_phase,
@@ -129,10 +128,11 @@ def prepare(cfg: SelectConfig, held: ScoringModel) -> Plan:
         ShardSet(cfg.scores_folder, num_shards(num_docs, cfg.shard_size)).open(scores)
     embed = None
     if cfg.embed_cache and cfg.scores_from is None:
-        from megatron_gm.influence.embed_cache import embed_cache_manifest, embed_cache_shards
+        from megatron_gm.influence.embed_cache import device_kind, pool_embed_cache
         from megatron_gm.influence.io import read_model_config
 
-        embed = embed_cache_manifest(
+        cache = pool_embed_cache(
+            cfg.embed_cache,
             model_config=read_model_config(cfg.influence_model),
             fingerprint=fingerprint,
             num_docs=num_docs,
@@ -141,8 +141,9 @@ def prepare(cfg: SelectConfig, held: ScoringModel) -> Plan:
             threads=cfg.threads,
             device=device_kind(model.device),
         )
-        if embed is not None:
-            embed_cache_shards(cfg.embed_cache, embed, num_shards(num_docs, cfg.shard_size)).open(embed)
+        if cache is not None:
+            embed, folder = cache
+            folder.open(embed)
     return Plan(fingerprint, num_docs, k, alpha, tau, model_hash, iteration, scores, embed)
 
 

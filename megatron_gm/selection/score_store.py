@@ -9,7 +9,6 @@ one (``--scores-from``); ``write_scores`` writes one from arrays (tests, benchma
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -17,17 +16,9 @@ import numpy as np
 
 from megatron_gm.errors import GMError
 from megatron_gm.manifest import Manifest
-from megatron_gm.shards import ShardSet
+from megatron_gm.shards import ShardSet, num_shards, shard_range
 
 KIND = "scores"
-
-
-def num_shards(num_docs: int, shard_size: int) -> int:
-    return max(1, math.ceil(num_docs / shard_size))
-
-
-def shard_range(i: int, num_docs: int, shard_size: int) -> tuple[int, int]:
-    return i * shard_size, min((i + 1) * shard_size, num_docs)
 
 
 def scores_manifest(

@@ -88,14 +88,6 @@ def scoring_device(cfg: SelectConfig) -> str:
     return f"cuda:{int(local) % torch.cuda.device_count()}"
 
 
-def device_kind(device) -> str:
-    """ "cpu", or the GPU's model name: what embeddings computed on ``device`` are comparable across."""
-    import torch
-
-    device = torch.device(device)
-    return "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
-
-
 def progress_bar(cfg: SelectConfig, comm: Comm, total: int, desc: str, unit: str):
     from tqdm import tqdm
 

@@ -117,6 +117,39 @@ def test_frozen_encoder_embeds_the_pool_twice_not_every_round():
     assert "heads only" in est["stage1.influence"].note and "fine-tuned" in est["stage0.influence"].note
 
 
+def test_a_later_bootstrap_reads_its_probing_pool_from_the_pool_cache():
+    """A bootstrap after a selection that cached the same frozen encoder's pool embeddings pays the beam
+    search only. 100 documents of 10 tokens, MiniLM (22.7M parameters, d=384), T=1, 4 beams a tail:
+    embedding 100 x 10 x 2 x 22.7M = 45.4 GFLOP, search 2 tails x 4 beams x 100 documents x 2 x 384."""
+    embed, search = 45_400_000_000, 2 * 4 * 100 * 2 * 384
+
+    def flops(cfg: PipelineConfig) -> dict[int, float]:
+        pool = PoolStats(100, 1000, True)
+        return {
+            p.stage: estimate_phase(cfg, p, pool, H100).flops
+            for p in build_plan(cfg, "/tmp/x")
+            if p.kind == "bootstrap"
+        }
+
+    cfg = _tiny_cfg()  # fast mode; 4 stages: bootstraps at stages 0-2, stage 1's selection fills the cache
+    cfg.stages = 4
+    cfg.override("bootstrap.beams_per_tail=4")
+    assert cfg.influence.mode == "fast" and cfg.bootstrap.probe_count == 0
+    assert flops(cfg) == {0: embed + search, 1: search, 2: search}
+    cfg.select.embed_cache = "none"
+    assert flops(cfg) == {0: embed + search, 1: embed + search, 2: embed + search}
+    cfg.select.embed_cache = ""
+    cfg.launch.threads, cfg.launch.select_threads = 2, 1  # the cache is keyed by threads: another folder
+    assert flops(cfg) == {0: embed + search, 1: embed + search, 2: embed + search}
+    cfg.launch.select_threads = 0
+    # full mode frozen after round 1: stage 1's selection scores with round 1's fine-tuned encoder (no
+    # cache); stage 2's selection caches the frozen copy that stage 2's bootstrap uses
+    cfg.influence.mode, cfg.influence.freeze_encoder_after_first_round = "full", True
+    assert flops(cfg) == {0: embed + search, 1: embed + search, 2: search}
+    cfg.influence.freeze_encoder_after_first_round = False
+    assert flops(cfg) == {0: embed + search, 1: embed + search, 2: embed + search}
+
+
 def test_dry_run_prints_every_share_and_ends_with_the_overhead(tmp_path, capsys):
     assert cli_main(["--preset", "large", "--out", str(tmp_path / "r"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.rstrip("\n").splitlines()

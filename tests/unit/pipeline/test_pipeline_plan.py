@@ -88,6 +88,37 @@ def test_bootstrap_round(tmp_path):
     assert _arg(ph["stage1.select"].args, "--gm-influence-model") == str(out / "influence_bootstrap")
 
 
+def test_bootstrap_reads_the_selections_pool_embedding_cache(tmp_path):
+    """Every bootstrap is passed the selection's pool-embedding cache (the tool ignores it for a fine-tuned
+    model) and keys it as the selection does: same threads here, same default batch and shard size."""
+    import dataclasses
+
+    from megatron_gm.influence.bootstrap import BootstrapConfig
+    from megatron_gm.influence.cli import bootstrap_parser
+    from megatron_gm.selection.config import SelectConfig
+
+    cfg = preset("test")
+    cfg.stages = 3
+    cfg.override("bootstrap.beams_per_tail=4")
+    cache = str(tmp_path.resolve() / "embeddings")
+
+    def flag(args: list[str]) -> str | None:
+        return _arg(args, "--embed-cache") if "--embed-cache" in args else None
+
+    for setting, want in (("", cache), (str(tmp_path / "shared"), str(tmp_path / "shared")), ("none", None)):
+        cfg.select.embed_cache = setting
+        ph = by_name(build_plan(cfg, tmp_path))
+        for s in (0, 1):
+            bs, sel = ph[f"stage{s}.bootstrap"].args, ph[f"stage{s + 1}.select"].args
+            assert flag(bs) == flag(sel) == want
+            assert bootstrap_parser().parse_args(bs).embed_cache == (want or "")
+            assert _arg(bs, "--threads") == _arg(sel, "--threads") == "1"
+    boot = {f.name: f.default for f in dataclasses.fields(BootstrapConfig)}
+    sel = {f.name: f.default for f in dataclasses.fields(SelectConfig)}
+    assert boot["embed_batch_size"] == sel["batch_size"] == 32
+    assert boot["embed_cache_shard_size"] == sel["shard_size"] == 1000
+
+
 def test_one_stage_is_just_pretraining(tmp_path):
     cfg = preset("test")
     cfg.stages = 1
