@@ -204,7 +204,7 @@ def round_phases(c, vdir: Path, load: Path, init: Path | None, embed_cache: Path
     model, last = m1, "influence"
     if c.bootstrap.beams_per_tail:
         out += [
-            at_stage(_phase(c, "bootstrap", "bootstrap", bootstrap_args(c, m1, trajs, 1), ["influence"],
+            at_stage(_phase(c, "bootstrap", "bootstrap", bootstrap_args(c, m1, trajs, 1, embed_cache=embed_cache), ["influence"],
                             {"trajectories": trajs}, marker=trajs / "manifest.json"), 1),
             at_stage(_phase(c, "oracle_bootstrap", "oracle", oracle_args(c, 1, load, o2, ref, trajs), ["bootstrap"],
                             {"oracle": o2}), 1),

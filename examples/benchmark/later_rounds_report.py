@@ -435,8 +435,11 @@ def write_report(out: Path, a, plans: dict[int, dict]) -> Path:
         "is on fewer trajectories; the test-store Spearman is the comparable number.",
         "Seeds whose full and cheap stage 2 have not both finished are left out of the means and paired tables.",
         "The bootstrap phase costs about the same in both variants: its price is embedding its probing pool "
-        "(bootstrap.probe_count documents, not scaled by the fraction; the tool caches them in its own output "
-        "folder, not in the selection's pool-embedding cache), the beams themselves are cheap.",
+        "(bootstrap.probe_count documents, not scaled by the fraction), the beams themselves are cheap. Since "
+        "b40a380 the bootstrap reads those vectors from the selection's pool-embedding cache when both are keyed "
+        "alike (same frozen encoder, threads, batch and shard size; the cost model then counts the beam search "
+        "only). This run's bootstrap had no such option, and with the evidence's launch (selection: 2 ranks of "
+        "1 thread, bootstrap: 2 threads) it would miss anyway; the modelled cost above counts the embedding.",
         "cheap's warm-started model starts from round 1's heads and trains on few trajectories (its LR schedule "
         "may be all warm-up); how far it moves from round 1's model shows in the round1 ~ cheap overlap.",
     ]
