@@ -77,32 +77,15 @@ def device_kind(device) -> str:
     return "cpu" if device.type == "cpu" else f"cuda:{torch.cuda.get_device_name(device)}"
 
 
-def pool_embed_cache(
-    folder: str | os.PathLike,
-    *,
-    model_config: dict,
-    fingerprint: str,
-    num_docs: int,
-    shard_size: int,
-    batch_size: int,
-    threads: int,
-    device: str,
-) -> tuple[Manifest, ShardSet] | None:
-    """The pool-embedding cache in ``folder`` for these settings: its manifest and its shards (one per
-    ``shard_size`` contiguous documents of the pool), or None for a fine-tuned model. Not opened: the
-    selection opens (creates) it, a reader only looks for finished shards."""
-    manifest = embed_cache_manifest(
-        model_config=model_config,
-        fingerprint=fingerprint,
-        num_docs=num_docs,
-        shard_size=shard_size,
-        batch_size=batch_size,
-        threads=threads,
-        device=device,
-    )
+def pool_embed_cache(folder: str | os.PathLike, **settings) -> tuple[Manifest, ShardSet] | None:
+    """The pool-embedding cache in ``folder`` for ``settings`` (``embed_cache_manifest``'s arguments): its
+    manifest and its shards (one per ``shard_size`` contiguous documents of the pool), or None for a
+    fine-tuned model. Not opened: the selection opens (creates) it, a reader only looks for finished shards."""
+    manifest = embed_cache_manifest(**settings)
     if manifest is None:
         return None
-    return manifest, embed_cache_shards(str(folder), manifest, num_shards(num_docs, shard_size))
+    shards = num_shards(settings["num_docs"], settings["shard_size"])
+    return manifest, embed_cache_shards(str(folder), manifest, shards)
 
 
 def cache_shards(folder: str | os.PathLike, name: str, manifest: Manifest, num_shards: int) -> ShardSet:
