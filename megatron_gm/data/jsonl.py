@@ -186,12 +186,15 @@ def iter_parquet(
         raise _unreadable(path, e) from e
 
 
-def check_text(rec: dict, keys: list[str]) -> str:
-    """'ok', 'missing_key' (a key absent or not a string) or 'surrogate' (text that is not UTF-8)."""
+def check_text(rec: dict, keys: list[str], utf8: bool = False) -> str:
+    """'ok', 'missing_key' (a key absent or not a string) or 'surrogate' (text that is not UTF-8).
+    ``utf8``: the strings are known to be UTF-8 (orjson's), so the surrogate check is skipped."""
     for k in keys:
         v = rec.get(k)
         if not isinstance(v, str):
             return "missing_key"
+    if utf8:
+        return "ok"
     for k in keys:
         try:
             rec[k].encode("utf-8")
@@ -214,10 +217,7 @@ def parse_record(line: bytes, keys: list[str], id_key: str | None = None) -> tup
         except ValueError:  # orjson.JSONDecodeError subclasses ValueError
             rec = None
         if isinstance(rec, dict) and not (id_key and isinstance(rec.get(id_key), (int, float))):
-            for k in keys:
-                if not isinstance(rec.get(k), str):
-                    return "missing_key", rec
-            return "ok", rec
+            return check_text(rec, keys, utf8=True), rec
     if not line.strip():
         return "blank", None
     try:
