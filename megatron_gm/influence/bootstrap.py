@@ -273,10 +273,11 @@ def probe_from_pool_cache(
     this encoder, batch size, threads and device). Logs how many came from the cache."""
     from megatron_gm.influence.embed_cache import device_kind, pool_embed_cache, pool_h
 
-    h = np.zeros((len(probe), model.hidden_size), dtype=np.float32)
-    found = np.zeros(len(probe), dtype=bool)
+    def none() -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((len(probe), model.hidden_size), dtype=np.float32), np.zeros(len(probe), dtype=bool)
+
     if not cfg.embed_cache:
-        return h, found
+        return none()
     cache = pool_embed_cache(
         cfg.embed_cache,
         model_config=model_config,
@@ -291,7 +292,7 @@ def probe_from_pool_cache(
         log.info(
             "bootstrap: the model's encoder is fine-tuned; --embed-cache ignored, embedding the probing pool"
         )
-        return h, found
+        return none()
     _, shards = cache
     h, found = pool_h(shards, num_docs, cfg.embed_cache_shard_size, probe, model.hidden_size)
     log.info(
