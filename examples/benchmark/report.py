@@ -371,12 +371,7 @@ def markdown(res: dict) -> str:
         "method's final loss ÷ the method's tokens. `> x`: beyond random's largest budget.",
         "",
     ]
-    for s, table in res["efficiency"].items():
-        lines += [f"**{s}**", "", "| method | per seed | mean | 95% CI |", "|---|---|---|---|"]
-        for m, e in table.items():
-            lines.append(f"| {m} | {', '.join(_fmt(x, 2) for x in e['per_seed'])} | {_fmt(e['mean'], 2)} | "
-                         f"[{_fmt(e['ci95'][0], 2)}, {_fmt(e['ci95'][1], 2)}] |")  # fmt: skip
-        lines.append("")
+    lines += _tables(res["efficiency"], "method", lambda x: _fmt(x, 2))
     lines += ["## Matched quality (converse)", "",
               "Tokens random used ÷ tokens the method needed to reach random's final loss (on the method's "
               "evaluation curve, an annealing run: indicative only).", ""]  # fmt: skip
@@ -416,13 +411,7 @@ def markdown(res: dict) -> str:
         lines += ["", "## Held out (read once, for this report)", ""]
         h = res["heldout_results"]
         lines += ["Token efficiency, the paper's way (as above):", ""]
-        for s, table in h["efficiency"].items():
-            lines += [f"**{s}**", "", "| method | per seed | mean | 95% CI |", "|---|---|---|---|"]
-            for m, e in table.items():
-                ci = e.get("ci95") or [None, None]
-                lines.append(f"| {m} | {', '.join(_fmt(x, 2) for x in e['per_seed'])} | {_fmt(e['mean'], 2)} | "
-                             f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}] |")  # fmt: skip
-            lines.append("")
+        lines += _tables(h["efficiency"], "method", lambda x: _fmt(x, 2))
         lines += ["Final losses:", "", *_tables(h["final_loss"], "run", lambda x: _fmt(x))]
         lines += ["Paired differences (final loss; negative = the first method is better):", ""]
         lines += _tables(h["paired"], "pair", lambda x: f"{x:+.4f}", wins=True)
