@@ -154,14 +154,10 @@ def at_stage(phase, stage: int):
 
 
 def variant_config(cfg, fraction: float):
-    """A later round's settings: ``fraction`` of the trajectories and beams, and of the influence model's
-    validation trajectories (the round-1 count may exceed a small round's store)."""
-    from megatron_gm.pipeline.plan import round_count
-
+    """A later round's settings: ``fraction`` of the trajectories and beams (``plan.round_count``); the
+    influence model's validation trajectories follow it through ``influence_args(..., stage=1)``."""
     c = copy.deepcopy(cfg)
     c.oracle.later_round_fraction = fraction
-    if c.influence.val_count:
-        c.influence.val_count = round_count(c, 1, c.influence.val_count)
     return c
 
 
@@ -198,7 +194,7 @@ def round_phases(c, vdir: Path, load: Path, init: Path | None, embed_cache: Path
     trajs, sel = vdir / "bootstrap", vdir / "stage2" / "selection"
     out = [
         at_stage(_phase(c, "oracle", "oracle", oracle_args(c, 1, load, o1, ref), [], {"oracle": o1}), 1),
-        at_stage(_phase(c, "influence", "influence", influence_args(c, [o1], m1, init, frozen), ["oracle"],
+        at_stage(_phase(c, "influence", "influence", influence_args(c, [o1], m1, init, frozen, 1), ["oracle"],
                         {"influence": m1}, marker=m1 / "manifest.json"), 1),
     ]  # fmt: skip
     model, last = m1, "influence"
@@ -208,7 +204,7 @@ def round_phases(c, vdir: Path, load: Path, init: Path | None, embed_cache: Path
                             {"trajectories": trajs}, marker=trajs / "manifest.json"), 1),
             at_stage(_phase(c, "oracle_bootstrap", "oracle", oracle_args(c, 1, load, o2, ref, trajs), ["bootstrap"],
                             {"oracle": o2}), 1),
-            at_stage(_phase(c, "influence_bootstrap", "influence", influence_args(c, [o1, o2], m2, init, frozen),
+            at_stage(_phase(c, "influence_bootstrap", "influence", influence_args(c, [o1, o2], m2, init, frozen, 1),
                             ["oracle_bootstrap"], {"influence": m2}, marker=m2 / "manifest.json"), 1),
         ]  # fmt: skip
         model, last = m2, "influence_bootstrap"
@@ -240,7 +236,7 @@ def cold_phases(c, sd: Path) -> list:
         [sd / "cheap" / "oracle_bootstrap"] if c.bootstrap.beams_per_tail else []
     )
     m = sd / "cheap_cold" / "influence_bootstrap"
-    return [at_stage(_phase(c, "influence_bootstrap", "influence", influence_args(c, stores, m), [],
+    return [at_stage(_phase(c, "influence_bootstrap", "influence", influence_args(c, stores, m, stage=1), [],
                             {"influence": m}, marker=m / "manifest.json"), 1)]  # fmt: skip
 
 

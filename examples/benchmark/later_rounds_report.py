@@ -32,10 +32,14 @@ def _json(path: Path) -> dict | None:
 
 
 def model_folders(p: dict) -> dict[str, Path]:
+    """Each model to score; with a bootstrap round, also full's and cheap's first models (random trajectories
+    only), which are otherwise the final ones."""
     sd, last = p["sd"], p["round1"].name  # influence_bootstrap (or influence without a bootstrap round)
-    return {"stale": p["round1"], "full": sd / "full" / last, "cheap": sd / "cheap" / last,
-            "cheap_cold": sd / "cheap_cold" / last, "full_random_only": sd / "full" / "influence",
-            "cheap_random_only": sd / "cheap" / "influence"}  # fmt: skip
+    out = {"stale": p["round1"], "full": sd / "full" / last, "cheap": sd / "cheap" / last,
+           "cheap_cold": sd / "cheap_cold" / last}  # fmt: skip
+    if last != "influence":
+        out.update(full_random_only=sd / "full" / "influence", cheap_random_only=sd / "cheap" / "influence")
+    return out
 
 
 def score_models(p: dict) -> dict:
@@ -52,8 +56,6 @@ def score_models(p: dict) -> dict:
         return have
     store_digest = Manifest.load(store / "manifest.json").digest()
     for name, folder in model_folders(p).items():
-        if name == "full_random_only" and folder == p["round1"]:
-            continue
         if not (folder / "manifest.json").is_file():
             continue
         digest = Manifest.load(folder / "manifest.json").digest()
@@ -422,7 +424,8 @@ def write_report(out: Path, a, plans: dict[int, dict]) -> Path:
 
         c = p0["configs"][name]
         return {"trajectories": round_count(c, 1, c.oracle.trajectories),
-                "beams": round_count(c, 1, c.bootstrap.beams_per_tail), "val_count": c.influence.val_count}  # fmt: skip
+                "beams": round_count(c, 1, c.bootstrap.beams_per_tail),
+                "val_count": round_count(c, 1, c.influence.val_count) if c.influence.val_count else 0}  # fmt: skip
 
     config = {"evidence": a.evidence, "seeds": list(a.seeds), "fraction": a.fraction, "test_seed_offset": a.test_seed_offset,
               "test_trajectories": a.test_trajectories or (max(1, round(cfg.oracle.trajectories / 4)) if cfg else None),
